@@ -1,0 +1,36 @@
+"""Launches an experiment.
+
+  python launch.py --config=experiments/NAME.py[:ARG] --workdir=DIR [--mode=train|eval|predict]
+                   [--checkpoint=latest|STEP] [--split=test] [--input=FILE] [--config.KEY=VALUE ...]
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "Experiment config file, optionally with :ARG.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Run folder: config, metrics, checkpoints, TensorBoard, eval results.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"], "What to do.")
+flags.DEFINE_string("checkpoint", "latest", "Checkpoint for eval/predict: latest or a step number.")
+flags.DEFINE_string("split", "test", "Split to evaluate in eval mode.")
+flags.DEFINE_string("input", None, "Predict mode: file with one input per line (default: stdin).")
+flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        sys.exit(f"error: unexpected arguments {argv[1:]}")
+    from ml_transformer import main as runner
+
+    try:
+        runner.run(FLAGS.config, FLAGS.workdir, FLAGS.mode, checkpoint=FLAGS.checkpoint, split=FLAGS.split,
+                   input_path=FLAGS.input)
+    except (ValueError, FileNotFoundError, runner.loop.NonFiniteLoss) as e:
+        logging.debug("failure", exc_info=True)
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    app.run(main)

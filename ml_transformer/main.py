@@ -1,0 +1,69 @@
+"""Runs an experiment in one of the modes of the run contract: train, eval, predict."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+from absl import logging
+
+from ml_transformer import evaluate
+from ml_transformer.train import loop, partitioning
+from ml_transformer.workdir import save_config
+
+MODES = ("train", "eval", "predict")
+
+
+def make_task(config, workdir: str, mesh):
+    """The task named by `config.task`."""
+    if config.task == "translation":
+        from ml_transformer.tasks.translation import TranslationTask
+
+        return TranslationTask(config, workdir, mesh)
+    raise ValueError(f"config.task: unknown task {config.task!r} (translation)")
+
+
+def run(config, workdir: str, mode: str = "train", *, checkpoint: str = "latest", split: str = "test",
+        input_path: str | None = None) -> None:
+    if mode not in MODES:
+        raise ValueError(f"--mode={mode}: not one of {', '.join(MODES)}")
+    os.makedirs(workdir, exist_ok=True)
+    mesh = partitioning.make_mesh()
+    task = make_task(config, workdir, mesh)
+    if mode == "train":
+        save_config(workdir, config)
+        state = loop.train(task, config, workdir, mesh)
+        report(task, state.params, int(state.step), workdir, config.final_split)
+    elif mode == "eval":
+        step, params = loop.restore_params(task, config, workdir, mesh, checkpoint)
+        report(task, params, step, workdir, split)
+    else:
+        _, params = loop.restore_params(task, config, workdir, mesh, checkpoint)
+        lines = _read_lines(input_path)
+        for line in task.predict(params, lines):
+            print(line, flush=False)
+        sys.stdout.flush()
+
+
+def report(task, params, step: int, workdir: str, split: str) -> dict:
+    """Full evaluation of a split: writes eval/<split>-<step>.{json,tsv}, prints a summary."""
+    metrics, rows = task.evaluate(params, split, step, full=True)
+    stem = evaluate.write_eval(workdir, split, step, metrics, rows)
+    if jax.process_index() == 0:
+        summary = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+        print(f"{split} @ step {step}: {summary}")
+        for source, reference, hypothesis in rows[: task.config.decode.samples]:
+            print(f"\n  source:     {source}\n  reference:  {reference}\n  hypothesis: {hypothesis}")
+        print(f"\nwrote {stem}.json and {stem}.tsv")
+    logging.info("%s @ %d: %s", split, step, metrics)
+    return metrics
+
+
+def _read_lines(path: str | None) -> list[str]:
+    if path is None or path == "-":
+        return [line.rstrip("\n") for line in sys.stdin]
+    if not os.path.isfile(path):
+        raise ValueError(f"--input={path}: no such file")
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f]

@@ -1,0 +1,152 @@
+"""Scaled dot-product and multi-head attention, masks, and the decoding KV cache.
+
+Layout: queries, keys and values are `[batch, length, heads, head_dim]` (the layout of
+`jax.nn.dot_product_attention`); masks are boolean `[batch, heads or 1, q_len, k_len]`,
+True where a query may attend to a key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def padding_mask(query_valid: Array, key_valid: Array) -> Array:
+    """`[B, 1, Lq, Lk]` mask from per-position validity `[B, Lq]` and `[B, Lk]`."""
+    return query_valid[:, None, :, None] & key_valid[:, None, None, :]
+
+
+def causal_mask(length: int) -> Array:
+    """`[1, 1, L, L]` look-ahead mask: position i attends to positions <= i."""
+    return jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
+
+
+def combine_masks(*masks: Array | None) -> Array | None:
+    """Logical AND of the masks that are not None (None if all are)."""
+    masks = [m for m in masks if m is not None]
+    if not masks:
+        return None
+    out = masks[0]
+    for m in masks[1:]:
+        out = out & m
+    return out
+
+
+def attention_weights(query: Array, key: Array, mask: Array | None = None) -> Array:
+    """softmax(QKᵀ/√d_k) with masked scores set to the dtype's minimum: `[B, H, Lq, Lk]`.
+
+    A query row whose keys are all masked gets uniform weights (finite, never NaN).
+    """
+    depth = query.shape[-1]
+    scores = jnp.einsum("bqhd,bkhd->bhqk", query, key) / jnp.sqrt(depth).astype(query.dtype)
+    scores = scores.astype(jnp.float32)
+    if mask is not None:
+        scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
+    return jax.nn.softmax(scores, axis=-1).astype(query.dtype)
+
+
+def dot_product_attention(
+    query: Array,
+    key: Array,
+    value: Array,
+    mask: Array | None = None,
+    *,
+    implementation: str | None = None,
+) -> Array:
+    """softmax(QKᵀ/√d_k + mask)V through `jax.nn.dot_product_attention` (the fast path).
+
+    `implementation`: None (let XLA choose), 'xla', or 'cudnn' (GPU flash attention).
+    """
+    return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=implementation)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with learned Q, K, V and output projections.
+
+    d_k = features / num_heads; heads run in parallel and are concatenated by the output
+    projection. Weights are computed explicitly (and sown into the 'intermediates'
+    collection as `attention_weights`) when `sow_weights` is set or attention dropout is
+    active; otherwise the fused fast path runs.
+
+    Decoding with a cache: `__call__(..., cache=...)` takes and returns a dict
+    `{'key', 'value': [B, max_len, H, D], 'index': int32 scalar}` for self-attention,
+    or `{'key', 'value'}` precomputed by `project_memory` for encoder-decoder attention.
+    """
+
+    features: int
+    num_heads: int
+    dropout_rate: float = 0.0
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    sow_weights: bool = False
+    implementation: str | None = None
+
+    def setup(self):
+        if self.features % self.num_heads:
+            raise ValueError(f"d_model={self.features} is not divisible by num_heads={self.num_heads}")
+        heads = (self.num_heads, self.features // self.num_heads)
+        init = nn.initializers.xavier_uniform()  # DenseGeneral initializes the kernel flattened to 2-D
+        dense = lambda: nn.DenseGeneral(heads, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=init)  # noqa: E731
+        self.query, self.key, self.value = dense(), dense(), dense()
+        self.out = nn.DenseGeneral(
+            self.features,
+            axis=(-2, -1),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=init,
+        )
+        self.dropout = nn.Dropout(self.dropout_rate)
+
+    def __call__(
+        self,
+        inputs_q: Array,
+        inputs_kv: Array | None,
+        mask: Array | None = None,
+        *,
+        train: bool = False,
+        cache: dict | None = None,
+    ) -> tuple[Array, dict | None]:
+        """Attends from `inputs_q` to `inputs_kv`; returns (outputs, updated cache or None)."""
+        query = self.query(inputs_q)
+        if cache is not None and "index" not in cache:  # encoder-decoder attention, memory cached
+            key, value, new_cache = cache["key"], cache["value"], cache
+        else:
+            key, value = self.key(inputs_kv), self.value(inputs_kv)
+            new_cache = None
+            if cache is not None:  # self-attention, one new position per call
+                key, value, mask, new_cache = _append_to_cache(cache, key, value, mask)
+        if self.sow_weights or (train and self.dropout_rate > 0):
+            weights = attention_weights(query, key, mask)
+            if self.sow_weights:
+                self.sow("intermediates", "attention_weights", weights)
+            weights = self.dropout(weights, deterministic=not train)
+            out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+        else:
+            out = dot_product_attention(query, key, value, mask, implementation=self.implementation)
+        return self.out(out), new_cache
+
+    def project_memory(self, memory: Array) -> dict:
+        """Keys and values of the encoder outputs, computed once for cached decoding."""
+        return {"key": self.key(memory), "value": self.value(memory)}
+
+
+def init_self_attention_cache(batch: int, max_len: int, num_heads: int, head_dim: int, dtype) -> dict:
+    """An empty self-attention cache for `max_len` decoding steps."""
+    zeros = jnp.zeros((batch, max_len, num_heads, head_dim), dtype)
+    return {"key": zeros, "value": zeros, "index": jnp.array(0, jnp.int32)}
+
+
+def _append_to_cache(cache: dict, key: Array, value: Array, mask: Array | None):
+    """Writes one step's key/value at `index`; the mask lets it see positions <= index."""
+    if key.shape[1] != 1:
+        raise ValueError(f"cached decoding takes one position per call, got {key.shape[1]}")
+    index = cache["index"]
+    keys = jax.lax.dynamic_update_slice_in_dim(cache["key"], key.astype(cache["key"].dtype), index, axis=1)
+    values = jax.lax.dynamic_update_slice_in_dim(cache["value"], value.astype(cache["value"].dtype), index, axis=1)
+    seen = (jnp.arange(keys.shape[1]) <= index)[None, None, None, :]
+    return keys, values, combine_masks(mask, seen), {"key": keys, "value": values, "index": index + 1}

@@ -1,0 +1,160 @@
+"""Feed-forward, encoder and decoder blocks, and the encoder stack.
+
+Each sublayer (attention or feed-forward) is wrapped in a residual connection with
+LayerNorm: post-LN as in the paper, `x = LN(x + Dropout(F(x)))`, or pre-LN,
+`x = x + Dropout(F(LN(x)))` with a final LayerNorm after the stack.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ml_transformer.nn.attention import MultiHeadAttention
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockConfig:
+    """The hyperparameters every block shares."""
+
+    d_model: int = 512
+    num_heads: int = 8
+    d_ff: int = 2048
+    dropout_rate: float = 0.1
+    attention_dropout_rate: float = 0.0
+    pre_ln: bool = False
+    activation: str = "relu"
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    attention_impl: str | None = None
+    sow_weights: bool = False
+
+
+class FeedForward(nn.Module):
+    """Position-wise FFN(x) = W₂ act(W₁x + b₁) + b₂."""
+
+    config: BlockConfig
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool) -> Array:
+        c = self.config
+        activation: Callable = getattr(jax.nn, c.activation)
+        dense = lambda features: nn.Dense(  # noqa: E731
+            features, dtype=c.dtype, param_dtype=c.param_dtype, kernel_init=nn.initializers.xavier_uniform()
+        )
+        h = activation(dense(c.d_ff)(x))
+        h = nn.Dropout(c.dropout_rate)(h, deterministic=not train)
+        return dense(c.d_model)(h)
+
+
+class Residual(nn.Module):
+    """Residual connection with LayerNorm (pre- or post-) and dropout around a sublayer."""
+
+    config: BlockConfig
+
+    @nn.compact
+    def __call__(self, x: Array, sublayer: Callable[[Array], Array], *, train: bool) -> Array:
+        c = self.config
+        norm = nn.LayerNorm(dtype=c.dtype, param_dtype=c.param_dtype)
+        drop = nn.Dropout(c.dropout_rate)
+        if c.pre_ln:
+            return x + drop(sublayer(norm(x)), deterministic=not train)
+        return norm(x + drop(sublayer(x), deterministic=not train))
+
+
+def _attention(c: BlockConfig) -> MultiHeadAttention:
+    return MultiHeadAttention(
+        features=c.d_model,
+        num_heads=c.num_heads,
+        dropout_rate=c.attention_dropout_rate,
+        dtype=c.dtype,
+        param_dtype=c.param_dtype,
+        sow_weights=c.sow_weights,
+        implementation=c.attention_impl,
+    )
+
+
+class EncoderBlock(nn.Module):
+    """Self-attention then feed-forward."""
+
+    config: BlockConfig
+
+    def setup(self):
+        self.self_attention = _attention(self.config)
+        self.feed_forward = FeedForward(self.config)
+        self.residual_attention = Residual(self.config)
+        self.residual_ff = Residual(self.config)
+
+    def __call__(self, x: Array, mask: Array | None, *, train: bool) -> Array:
+        x = self.residual_attention(
+            x, lambda h: self.self_attention(h, h, mask, train=train)[0], train=train
+        )
+        return self.residual_ff(x, lambda h: self.feed_forward(h, train=train), train=train)
+
+
+class DecoderBlock(nn.Module):
+    """Masked self-attention, encoder-decoder attention (K, V from the encoder), feed-forward.
+
+    With `cache` (`{'self': ..., 'cross': ...}`) it decodes one position and returns the
+    updated cache.
+    """
+
+    config: BlockConfig
+
+    def setup(self):
+        self.self_attention = _attention(self.config)
+        self.cross_attention = _attention(self.config)
+        self.feed_forward = FeedForward(self.config)
+        self.residual_self = Residual(self.config)
+        self.residual_cross = Residual(self.config)
+        self.residual_ff = Residual(self.config)
+
+    def __call__(
+        self,
+        x: Array,
+        memory: Array | None,
+        self_mask: Array | None,
+        cross_mask: Array | None,
+        *,
+        train: bool,
+        cache: dict | None = None,
+    ) -> tuple[Array, dict | None]:
+        new_cache = {}
+
+        def self_attend(h):
+            out, new_cache["self"] = self.self_attention(
+                h, h, self_mask, train=train, cache=None if cache is None else cache["self"]
+            )
+            return out
+
+        def cross_attend(h):
+            out, new_cache["cross"] = self.cross_attention(
+                h, memory, cross_mask, train=train, cache=None if cache is None else cache["cross"]
+            )
+            return out
+
+        x = self.residual_self(x, self_attend, train=train)
+        x = self.residual_cross(x, cross_attend, train=train)
+        x = self.residual_ff(x, lambda h: self.feed_forward(h, train=train), train=train)
+        return x, (new_cache if cache is not None else None)
+
+
+class Encoder(nn.Module):
+    """A stack of encoder blocks over already embedded inputs `[B, L, d]`."""
+
+    config: BlockConfig
+    num_layers: int
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array | None, *, train: bool) -> Array:
+        for i in range(self.num_layers):
+            x = EncoderBlock(self.config, name=f"layer_{i}")(x, mask, train=train)
+        if self.config.pre_ln:
+            x = nn.LayerNorm(dtype=self.config.dtype, param_dtype=self.config.param_dtype, name="final_norm")(x)
+        return x

@@ -1,0 +1,82 @@
+"""Token embeddings and positional encodings (sinusoidal and learned)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+
+def sinusoidal_encoding(length: int, d_model: int) -> np.ndarray:
+    """The paper's §3.5 table `[length, d_model]`:
+    PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d_model)).
+    """
+    if d_model % 2:
+        raise ValueError(f"sinusoidal encoding needs an even d_model, got {d_model}")
+    position = np.arange(length, dtype=np.float64)[:, None]
+    rates = 1.0 / np.power(10000.0, np.arange(0, d_model, 2, dtype=np.float64) / d_model)
+    table = np.zeros((length, d_model), dtype=np.float64)
+    table[:, 0::2] = np.sin(position * rates)
+    table[:, 1::2] = np.cos(position * rates)
+    return table.astype(np.float32)
+
+
+class TokenEmbedding(nn.Module):
+    """Token lookup scaled by √d_model (paper §3.4); `attend` reuses it as output projection."""
+
+    vocab_size: int
+    features: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def setup(self):
+        self.embedding = self.param(
+            "embedding",
+            nn.initializers.normal(stddev=self.features**-0.5),
+            (self.vocab_size, self.features),
+            self.param_dtype,
+        )
+
+    def __call__(self, tokens: Array) -> Array:
+        embedded = jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+        return embedded * jnp.sqrt(self.features).astype(self.dtype)
+
+    def attend(self, x: Array) -> Array:
+        """Logits `x · Eᵀ` against every token embedding."""
+        return jnp.einsum("...d,vd->...v", x, self.embedding.astype(self.dtype))
+
+
+class PositionEncoding(nn.Module):
+    """Adds a position signal to `[B, L, d]` inputs: 'sinusoidal', 'learned' or 'none'.
+
+    `positions` (int, `[B, L]` or a scalar offset) defaults to 0..L-1; cached decoding
+    passes the current step.
+    """
+
+    kind: str
+    max_len: int
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, positions: Array | None = None) -> Array:
+        if self.kind == "none":
+            return x
+        length, d_model = x.shape[-2:]
+        if self.kind == "sinusoidal":
+            table = jnp.asarray(sinusoidal_encoding(self.max_len, d_model))
+        elif self.kind == "learned":
+            table = self.param(
+                "embedding", nn.initializers.normal(stddev=0.02), (self.max_len, d_model), self.param_dtype
+            )
+        else:
+            raise ValueError(f"unknown position encoding {self.kind!r} (sinusoidal, learned, none)")
+        if positions is None:
+            positions = jnp.arange(length)
+        elif jnp.ndim(positions) == 0:
+            positions = positions + jnp.arange(length)
+        return x + jnp.take(table, positions, axis=0).astype(x.dtype)

@@ -1,0 +1,183 @@
+"""Translation: the embedded Bible corpus, SentencePiece, the encoder-decoder model, BLEU."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from ml_transformer import decode, evaluate
+from ml_transformer.data import bible, pipeline
+from ml_transformer.data.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
+from ml_transformer.models.seq2seq import Seq2Seq, Seq2SeqConfig
+from ml_transformer.nn.blocks import BlockConfig
+from ml_transformer.train import partitioning
+from ml_transformer.train.losses import summarize, token_metrics
+from ml_transformer.train.steps import eval_step
+
+TOKENIZER_FILE = "tokenizer.model"
+
+
+def model_config(config, vocab_size: int, bos_id: int) -> Seq2SeqConfig:
+    m = config.model
+    block = BlockConfig(
+        d_model=m.d_model,
+        num_heads=m.num_heads,
+        d_ff=m.d_ff,
+        dropout_rate=m.dropout_rate,
+        attention_dropout_rate=m.attention_dropout_rate,
+        pre_ln=m.pre_ln,
+        dtype=jnp.dtype(m.dtype),
+        attention_impl=m.attention_impl or None,
+    )
+    return Seq2SeqConfig(
+        vocab_size=vocab_size,
+        block=block,
+        num_encoder_layers=m.num_encoder_layers,
+        num_decoder_layers=m.num_decoder_layers,
+        max_len=m.max_len,
+        position=m.position,
+        share_embeddings=m.share_embeddings,
+        tie_output=m.tie_output,
+        bos_id=bos_id,
+    )
+
+
+def prepare_tokenizer(config, builder, workdir: str) -> Tokenizer:
+    """The run's tokenizer: `workdir/tokenizer.model`, else the one trained once on this
+    dataset's training split (cached beside the prepared data), copied into the workdir."""
+    own = os.path.join(workdir, TOKENIZER_FILE)
+    if os.path.exists(own):
+        return load_tokenizer(own)
+    cached = os.path.join(os.fspath(builder.data_dir), f"spm-{config.data.vocab_size}.model")
+    if not os.path.exists(cached):
+        logging.info("Training a %d-piece SentencePiece model on the training split", config.data.vocab_size)
+        sources, targets = pipeline.read_texts(builder.as_data_source(split="train"))
+        train_tokenizer(sources + targets, cached, config.data.vocab_size)
+    os.makedirs(workdir, exist_ok=True)
+    shutil.copyfile(cached, own)
+    return load_tokenizer(own)
+
+
+class TranslationTask:
+    """Everything the trainer and the eval/predict modes need for translation."""
+
+    unit = "tokens"
+
+    def __init__(self, config, workdir: str, mesh):
+        self.config, self.mesh = config, mesh
+        builder = bible.prepare(config.data.pair, config.data.data_dir or None)
+        self.sources = builder.as_data_source()
+        self.tokenizer = prepare_tokenizer(config, builder, workdir)
+        self.model = Seq2Seq(model_config(config, self.tokenizer.vocab_size, self.tokenizer.bos_id))
+        self.batch_multiple = mesh.devices.size
+        self._train_batches = None
+        self._translate = jax.jit(self._translate_fn, static_argnames=("beam_size",))
+        self._eval_step = jax.jit(functools.partial(eval_step, loss_fn=self.loss_fn))
+
+    # ---------------------------------------------------------------- model and loss
+    def init_params(self, rng):
+        dummy = jnp.ones((self.batch_multiple, 8), jnp.int32)
+        return self.model.init(rng, dummy, dummy)["params"]
+
+    def loss_fn(self, params, batch, rng, train: bool):
+        rngs = {"dropout": rng} if train else {}
+        logits = self.model.apply({"params": params}, batch["inputs"], batch["targets"], train=train, rngs=rngs)
+        sums = token_metrics(logits, batch["targets"], self.config.optimizer.label_smoothing)
+        return sums["loss_sum"] / jnp.maximum(sums["tokens"], 1.0), sums
+
+    # ---------------------------------------------------------------- data
+    @functools.cache
+    def encoded(self, split: str):
+        """(input ids, target ids) of a split, in order."""
+        return pipeline.encode_split(self.sources[split], self.tokenizer)
+
+    @functools.cache
+    def texts(self, split: str) -> tuple[list[str], list[str]]:
+        """Raw (sources, references) of a split, in order."""
+        return pipeline.read_texts(self.sources[split])
+
+    def train_batch(self, step: int) -> dict:
+        if self._train_batches is None:
+            inputs, targets = self.encoded("train")
+            d = self.config.data
+            self._train_batches = pipeline.TrainBatches(
+                inputs, targets, seed=self.config.seed, max_len=d.max_len,
+                batch_tokens=d.batch_tokens, batch_multiple=self.batch_multiple,
+            )
+            logging.info(
+                "Training data: %d pairs, %d dropped as longer than %d tokens; %d batches per epoch; %s",
+                len(inputs), self._train_batches.num_dropped, d.max_len,
+                self._train_batches.batches_per_epoch, self._train_batches.batch_sizes,
+            )
+        return self._train_batches[step]
+
+    # ---------------------------------------------------------------- decoding
+    def _translate_fn(self, params, inputs, beam_size: int):
+        extra = self.config.decode.extra_len
+        max_len = inputs.shape[1] + extra
+        variables = {"params": params}
+        state = self.model.apply(variables, inputs, max_len, method=Seq2Seq.init_decode_state)
+        step_fn = functools.partial(self.model.apply, variables, method=Seq2Seq.decode_step)
+        kwargs = dict(
+            batch_size=inputs.shape[0], max_len=max_len, bos_id=self.tokenizer.bos_id,
+            eos_id=self.tokenizer.eos_id, max_lens=jnp.sum(inputs > 0, axis=1) + extra,
+        )
+        if beam_size == 1:
+            return decode.greedy_search(step_fn, state, **kwargs)
+        tokens, _ = decode.beam_search(step_fn, state, beam_size=beam_size, alpha=self.config.decode.alpha, **kwargs)
+        return tokens[:, 0]
+
+    def translate_ids(self, params, inputs: list[np.ndarray], beam_size: int) -> list[str]:
+        """Detokenized translations of encoded sources, in order."""
+        outputs = [""] * len(inputs)
+        batches = pipeline.eval_batches(
+            inputs, inputs, batch_size=self._eval_batch_size(), batch_multiple=self.batch_multiple
+        )
+        for batch in batches:
+            tokens = self._translate(params, self._global(batch)["inputs"], beam_size)
+            for i, row in zip(batch["index"], np.asarray(jax.device_get(tokens))):
+                if i >= 0:
+                    outputs[i] = self.tokenizer.decode(row)
+        return outputs
+
+    def predict(self, params, lines: list[str]) -> list[str]:
+        encoded = [np.asarray(ids, np.int32) for ids in self.tokenizer.encode_batch(lines)]
+        return self.translate_ids(params, encoded, self.config.decode.beam_size)
+
+    # ---------------------------------------------------------------- evaluation
+    def evaluate(self, params, split: str, step: int, *, full: bool = False):
+        """Loss metrics over the split and BLEU: greedy on the first `decode.eval_examples`
+        sentences during training, beam search on all of them when `full`.
+
+        Returns (metrics, rows of (source, reference, hypothesis) that were decoded).
+        """
+        inputs, targets = self.encoded(split)
+        sums = None
+        batches = pipeline.eval_batches(
+            inputs, targets, batch_size=self._eval_batch_size(), batch_multiple=self.batch_multiple
+        )
+        for batch in batches:
+            batch_sums = self._eval_step(params, self._global(batch))
+            sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
+        metrics = summarize(jax.device_get(sums))
+        count = len(inputs) if full else min(self.config.decode.eval_examples, len(inputs))
+        beam = self.config.decode.beam_size if full else 1
+        hypotheses = self.translate_ids(params, inputs[:count], beam)
+        sources, references = (texts[:count] for texts in self.texts(split))
+        metrics["bleu"] = evaluate.bleu(hypotheses, references, self.config.decode.bleu_tokenize)
+        metrics["bleu_examples"] = count
+        metrics["beam_size"] = beam
+        return metrics, list(zip(sources, references, hypotheses))
+
+    def _eval_batch_size(self) -> int:
+        size = self.config.batch_size
+        return -(-size // self.batch_multiple) * self.batch_multiple
+
+    def _global(self, batch: dict) -> dict:
+        return partitioning.to_global({k: batch[k] for k in ("inputs", "targets")}, self.mesh)
