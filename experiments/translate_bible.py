@@ -28,25 +28,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.task = "translation"
     c.seed = 0
-    c.total_steps = 3000
+    c.total_steps = 1800
     c.batch_size = 64  # sentences per evaluation batch
     c.log_every_steps = 50
-    c.eval_every_steps = 1000
-    c.checkpoint_every_steps = 500
+    c.eval_every_steps = 600
+    c.checkpoint_every_steps = 600
     c.keep_checkpoints = 3
     c.final_split = "test"  # evaluated in full (beam search) when training ends
 
     c.data = ml_collections.ConfigDict()
     c.data.pair = next((a for a in args if a in PAIRS), "en-fr")
     c.data.data_dir = ""  # TFDS data directory; empty = TFDS's default (~/tensorflow_datasets)
-    c.data.vocab_size = 8000  # joint SentencePiece vocabulary
+    c.data.vocab_size = 4000  # joint SentencePiece vocabulary
     c.data.max_len = 96  # training pairs longer than this (in subword tokens) are dropped
-    c.data.batch_tokens = 4096  # padded tokens per side per training batch (length-bucketed)
+    c.data.batch_tokens = 2048  # padded tokens per side per training batch (length-bucketed)
 
     c.model = ml_collections.ConfigDict()
     c.model.d_model = 256
     c.model.num_heads = 4
-    c.model.d_ff = 1024
+    c.model.d_ff = 512
     c.model.num_encoder_layers = 3
     c.model.num_decoder_layers = 3
     c.model.dropout_rate = 0.1
@@ -66,8 +66,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.eps = 1e-9
     c.optimizer.weight_decay = 0.0
     c.optimizer.schedule = "transformer"  # d_model^-0.5 · min(step^-0.5, step · warmup^-1.5)
-    c.optimizer.learning_rate = 2.0  # scale of the schedule
-    c.optimizer.warmup_steps = 800
+    c.optimizer.learning_rate = 1.0  # scale of the schedule
+    c.optimizer.warmup_steps = 400
     c.optimizer.label_smoothing = 0.1
     c.optimizer.grad_clip_norm = 0.0
 

@@ -64,6 +64,30 @@ def prepare_tokenizer(config, builder, workdir: str) -> Tokenizer:
     return load_tokenizer(own)
 
 
+def seq2seq_loss(model: Seq2Seq, smoothing: float, params, batch: dict, rng, train: bool):
+    """(mean label-smoothed loss per target token, metric sums) under teacher forcing."""
+    rngs = {"dropout": rng} if train else {}
+    logits = model.apply({"params": params}, batch["inputs"], batch["targets"], train=train, rngs=rngs)
+    sums = token_metrics(logits, batch["targets"], smoothing)
+    return sums["loss_sum"] / jnp.maximum(sums["tokens"], 1.0), sums
+
+
+def translate(model: Seq2Seq, params, inputs, *, beam_size: int, alpha: float, extra_len: int, bos_id: int,
+              eos_id: int):
+    """Output tokens `[B, len(inputs[0]) + extra_len]` for source tokens `[B, Ls]`: greedy
+    when `beam_size` is 1, else the best beam; at most source length + `extra_len` tokens."""
+    max_len = inputs.shape[1] + extra_len
+    variables = {"params": params}
+    state = model.apply(variables, inputs, max_len, method=Seq2Seq.init_decode_state)
+    step_fn = functools.partial(model.apply, variables, method=Seq2Seq.decode_step)
+    kwargs = dict(batch_size=inputs.shape[0], max_len=max_len, bos_id=bos_id, eos_id=eos_id,
+                  max_lens=jnp.sum(inputs > 0, axis=1) + extra_len)
+    if beam_size == 1:
+        return decode.greedy_search(step_fn, state, **kwargs)
+    tokens, _ = decode.beam_search(step_fn, state, beam_size=beam_size, alpha=alpha, **kwargs)
+    return tokens[:, 0]
+
+
 class TranslationTask:
     """Everything the trainer and the eval/predict modes need for translation."""
 
@@ -77,7 +101,13 @@ class TranslationTask:
         self.model = Seq2Seq(model_config(config, self.tokenizer.vocab_size, self.tokenizer.bos_id))
         self.batch_multiple = mesh.devices.size
         self._train_batches = None
-        self._translate = jax.jit(self._translate_fn, static_argnames=("beam_size",))
+        self._translate = jax.jit(
+            functools.partial(
+                translate, self.model, alpha=config.decode.alpha, extra_len=config.decode.extra_len,
+                bos_id=self.tokenizer.bos_id, eos_id=self.tokenizer.eos_id,
+            ),
+            static_argnames=("beam_size",),
+        )
         self._eval_step = jax.jit(functools.partial(eval_step, loss_fn=self.loss_fn))
 
     # ---------------------------------------------------------------- model and loss
@@ -86,10 +116,7 @@ class TranslationTask:
         return self.model.init(rng, dummy, dummy)["params"]
 
     def loss_fn(self, params, batch, rng, train: bool):
-        rngs = {"dropout": rng} if train else {}
-        logits = self.model.apply({"params": params}, batch["inputs"], batch["targets"], train=train, rngs=rngs)
-        sums = token_metrics(logits, batch["targets"], self.config.optimizer.label_smoothing)
-        return sums["loss_sum"] / jnp.maximum(sums["tokens"], 1.0), sums
+        return seq2seq_loss(self.model, self.config.optimizer.label_smoothing, params, batch, rng, train)
 
     # ---------------------------------------------------------------- data
     @functools.cache
@@ -102,7 +129,7 @@ class TranslationTask:
         """Raw (sources, references) of a split, in order."""
         return pipeline.read_texts(self.sources[split])
 
-    def train_batch(self, step: int) -> dict:
+    def train_batches(self) -> pipeline.TrainBatches:
         if self._train_batches is None:
             inputs, targets = self.encoded("train")
             d = self.config.data
@@ -115,24 +142,9 @@ class TranslationTask:
                 len(inputs), self._train_batches.num_dropped, d.max_len,
                 self._train_batches.batches_per_epoch, self._train_batches.batch_sizes,
             )
-        return self._train_batches[step]
+        return self._train_batches
 
     # ---------------------------------------------------------------- decoding
-    def _translate_fn(self, params, inputs, beam_size: int):
-        extra = self.config.decode.extra_len
-        max_len = inputs.shape[1] + extra
-        variables = {"params": params}
-        state = self.model.apply(variables, inputs, max_len, method=Seq2Seq.init_decode_state)
-        step_fn = functools.partial(self.model.apply, variables, method=Seq2Seq.decode_step)
-        kwargs = dict(
-            batch_size=inputs.shape[0], max_len=max_len, bos_id=self.tokenizer.bos_id,
-            eos_id=self.tokenizer.eos_id, max_lens=jnp.sum(inputs > 0, axis=1) + extra,
-        )
-        if beam_size == 1:
-            return decode.greedy_search(step_fn, state, **kwargs)
-        tokens, _ = decode.beam_search(step_fn, state, beam_size=beam_size, alpha=self.config.decode.alpha, **kwargs)
-        return tokens[:, 0]
-
     def translate_ids(self, params, inputs: list[np.ndarray], beam_size: int) -> list[str]:
         """Detokenized translations of encoded sources, in order."""
         outputs = [""] * len(inputs)
@@ -140,7 +152,7 @@ class TranslationTask:
             inputs, inputs, batch_size=self._eval_batch_size(), batch_multiple=self.batch_multiple
         )
         for batch in batches:
-            tokens = self._translate(params, self._global(batch)["inputs"], beam_size)
+            tokens = self._translate(params, self._global(batch)["inputs"], beam_size=beam_size)
             for i, row in zip(batch["index"], np.asarray(jax.device_get(tokens))):
                 if i >= 0:
                     outputs[i] = self.tokenizer.decode(row)

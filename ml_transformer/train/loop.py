@@ -1,8 +1,8 @@
 """The training loop, shared by every task.
 
 A task provides: `unit` ('tokens' or 'examples'), `init_params(rng)`, `loss_fn(params,
-batch, rng, train)`, `train_batch(step)` (this process's rows of the batch for a global
-step; the same step always gives the same batch), and `evaluate(params, split, step)` returning (metrics, rows).
+batch, rng, train)`, `train_batches()` (a grain MapDataset whose item `step` is this
+process's rows of the batch for that global step, always the same), and `evaluate(params, split, step)` returning (metrics, rows).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 
+import grain
 import jax
 import numpy as np
 from absl import logging
@@ -75,9 +76,10 @@ def train(task, config, workdir: str, mesh) -> TrainState:
     progress = Progress(start, config.total_steps, task.unit)
     pending: list[dict] = []
     step = start
+    batches = iter(task.train_batches()[start:].to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)))
     try:
         while step < config.total_steps:
-            batch = partitioning.to_global(task.train_batch(step), mesh)
+            batch = partitioning.to_global(next(batches), mesh)
             state, sums = step_fn(state, batch, dropout_rng)
             pending.append(sums)
             step += 1

@@ -4,29 +4,28 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
-
-
-def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float) -> jax.Array:
-    """Per-token cross-entropy against targets smoothed by `smoothing` (paper §5.4).
-
-    The smoothed target puts 1 - smoothing on the label and spreads `smoothing` over the
-    other V - 1 tokens. The constant entropy of that target is subtracted, so a perfect
-    prediction of the smoothed target scores 0.
-    """
-    vocab = logits.shape[-1]
-    confidence = 1.0 - smoothing
-    low = smoothing / (vocab - 1)
-    targets = jax.nn.one_hot(labels, vocab) * (confidence - low) + low
-    floor = -(confidence * jnp.log(confidence) + (vocab - 1) * low * jnp.log(low + 1e-20)) if smoothing else 0.0
-    return optax.softmax_cross_entropy(logits, targets) - floor
+import numpy as np
 
 
 def token_metrics(logits: jax.Array, labels: jax.Array, smoothing: float) -> dict[str, jax.Array]:
-    """Sums over real (non-pad, label > 0) tokens: smoothed loss, NLL, correct, count."""
+    """Sums over real (non-pad, label > 0) tokens: loss, NLL, correct predictions, count.
+
+    The loss is cross-entropy against targets smoothed by `smoothing` (paper §5.4): 1 -
+    smoothing on the label, `smoothing` spread over the other V - 1 tokens, minus that
+    target's constant entropy so that predicting it exactly scores 0. One log-softmax
+    serves loss and NLL.
+    """
+    vocab = logits.shape[-1]
     weights = (labels > 0).astype(jnp.float32)
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    loss = smoothed_cross_entropy(logits, labels, smoothing) if smoothing else nll
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
+    if smoothing:
+        confidence, low = 1.0 - smoothing, smoothing / (vocab - 1)
+        # -Σ_v target_v log p_v with target = low everywhere plus (confidence - low) on the label.
+        loss = (confidence - low) * nll - low * jnp.sum(log_probs, axis=-1)
+        loss -= -(confidence * np.log(confidence) + (vocab - 1) * low * np.log(low))
+    else:
+        loss = nll
     return {
         "loss_sum": jnp.sum(loss * weights),
         "nll_sum": jnp.sum(nll * weights),

@@ -15,7 +15,8 @@ def transformer_schedule(d_model: int, warmup_steps: int, scale: float = 1.0) ->
     if warmup_steps < 1:
         raise ValueError(f"warmup_steps must be >= 1, got {warmup_steps}")
     peak = scale * d_model**-0.5 * warmup_steps**-0.5
-    warmup = optax.linear_schedule(peak / warmup_steps, peak, transition_steps=max(warmup_steps - 1, 1))
+    # Each piece is a product, not optax.linear_schedule's difference, to stay exact in float32.
+    warmup = lambda count: peak * (count + 1) / warmup_steps  # noqa: E731
     decay = lambda count: peak * jnp.sqrt(warmup_steps / (count + warmup_steps))  # noqa: E731
     return optax.join_schedules([warmup, decay], boundaries=[warmup_steps - 1])
 

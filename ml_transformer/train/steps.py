@@ -26,7 +26,7 @@ def train_step(
     grads, sums = grad_fn(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    sums = {**sums, "grad_norm": optax.global_norm(grads)}
+    sums = {**sums, "grad_norm": optax.tree.norm(grads)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), sums
 
 
