@@ -26,6 +26,21 @@ def _own_info_only(record: std_logging.LogRecord) -> bool:
     return record.levelno >= std_logging.WARNING or f"{os.sep}ml_transformer{os.sep}" in record.pathname
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing whose failures (bad file, override key or value) end in one line."""
+    try:
+        rest = FLAGS(argv)
+        FLAGS.config.keys()  # a config file that failed to load raises here
+        return rest
+    except (flags.Error, OSError) as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        sys.exit(f"error: {lines[-1] if len(lines) > 1 else lines[0]}")
+    except AttributeError as e:  # an override naming a field the config does not have
+        key = str(e).strip("\"'")
+        culprits = [a.split("=")[0] for a in argv if a.startswith("--config.") and f".{key}" in a.split("=")[0]]
+        sys.exit(f"error: {', '.join(culprits) or key}: no such config field")
+
+
 def main(argv):
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {argv[1:]}")
@@ -41,4 +56,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

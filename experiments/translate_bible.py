@@ -76,6 +76,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.decode.alpha = 0.6  # length penalty
     c.decode.extra_len = 50  # maximum output length = source length + extra_len
     c.decode.eval_examples = 200  # validation sentences decoded (greedy) at each evaluation
+    c.decode.final_examples = 0  # sentences decoded (beam) in a full evaluation; 0 = all
     c.decode.samples = 5  # sample translations printed after training
     c.decode.bleu_tokenize = "char" if c.data.pair == "en-ko" else "13a"
 
@@ -100,5 +101,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.checkpoint_every_steps = 20
         c.optimizer.warmup_steps = 10
         c.decode.eval_examples = 16
+        c.decode.final_examples = 64
         c.decode.extra_len = 10
     return c

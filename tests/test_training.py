@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from ml_transformer.data.pipeline import TrainBatches
+from ml_transformer.decode import beam_search
 from ml_transformer.models.seq2seq import Seq2Seq, Seq2SeqConfig
 from ml_transformer.nn.blocks import BlockConfig
 from ml_transformer.tasks.translation import seq2seq_loss, translate
@@ -106,6 +107,13 @@ def test_tiny_model_memorizes_and_beam_search_returns_targets(tmp_path, mesh):
         np.testing.assert_array_equal(row[: len(target)], target)
         assert not row[len(target):].any()
     np.testing.assert_array_equal(greedy, beam)  # a confident model: beam 4 agrees with greedy
+    # Beam search with one beam is greedy search.
+    variables = {"params": state.params}
+    decode_state = task.model.apply(variables, inputs, width + 4, method=Seq2Seq.init_decode_state)
+    step_fn = functools.partial(task.model.apply, variables, method=Seq2Seq.decode_step)
+    one_beam, _ = beam_search(step_fn, decode_state, batch_size=len(inputs), beam_size=1, alpha=0.6,
+                              max_len=width + 4, bos_id=BOS, eos_id=EOS)
+    np.testing.assert_array_equal(np.asarray(one_beam)[:, 0], greedy)
 
 
 def test_resumed_training_equals_uninterrupted(tmp_path, mesh):

@@ -165,7 +165,8 @@ class TranslationTask:
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, params, split: str, step: int, *, full: bool = False):
         """Loss metrics over the split and BLEU: greedy on the first `decode.eval_examples`
-        sentences during training, beam search on all of them when `full`.
+        sentences during training, beam search on the first `decode.final_examples` (0: all)
+        when `full`.
 
         Returns (metrics, rows of (source, reference, hypothesis) that were decoded).
         """
@@ -178,7 +179,8 @@ class TranslationTask:
             batch_sums = self._eval_step(params, self._global(batch))
             sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
         metrics = summarize(jax.device_get(sums))
-        count = len(inputs) if full else min(self.config.decode.eval_examples, len(inputs))
+        limit = self.config.decode.final_examples if full else self.config.decode.eval_examples
+        count = min(limit or len(inputs), len(inputs))
         beam = self.config.decode.beam_size if full else 1
         hypotheses = self.translate_ids(params, inputs[:count], beam)
         sources, references = (texts[:count] for texts in self.texts(split))

@@ -1,0 +1,103 @@
+"""`launch.py` end to end on the smoke config, through the real TFDS builder: the run
+contract's train, eval and predict modes, and one-line errors for bad input."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 6
+
+
+def launch(*args, stdin=None):
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "launch.py"), *args],
+        input=stdin, capture_output=True, text=True, cwd=ROOT, timeout=600,
+    )
+
+
+def smoke_args(workdir, data_dir):
+    return [
+        "--config=experiments/translate_bible.py:smoke", f"--workdir={workdir}",
+        f"--config.data.data_dir={data_dir}", f"--config.total_steps={STEPS}",
+        "--config.checkpoint_every_steps=3", "--config.eval_every_steps=3", "--config.decode.final_examples=8",
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    workdir, data_dir = tmp_path_factory.mktemp("run"), tmp_path_factory.mktemp("data")
+    result = launch(*smoke_args(workdir, data_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir, data_dir, result
+
+
+def test_train_writes_the_run_contract_files(trained):
+    workdir, _, result = trained
+    assert "test @ step 6" in result.stdout and "bleu=" in result.stdout
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["total_steps"] == STEPS and config["data"]["pair"] == "en-fr"
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert all("step" in r for r in records)
+    assert any("train/loss" in r for r in records) and any("eval/bleu" in r for r in records)
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [3, 6]
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir / "tb"))
+    metrics = json.loads((workdir / "eval" / "test-6.json").read_text())
+    assert metrics["step"] == 6 and "bleu" in metrics and metrics["bleu_examples"] == 8
+    rows = list(csv.reader((workdir / "eval" / "test-6.tsv").open(encoding="utf-8"), delimiter="\t"))
+    assert rows[0] == ["source", "reference", "hypothesis"] and len(rows) == 9
+
+
+def test_rerun_after_the_last_step_resumes_without_training(trained):
+    workdir, data_dir, _ = trained
+    result = launch(*smoke_args(workdir, data_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == STEPS
+
+
+def test_eval_mode_restores_a_checkpoint(trained):
+    workdir, data_dir, _ = trained
+    result = launch(*smoke_args(workdir, data_dir), "--mode=eval", "--checkpoint=3", "--split=validation")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((workdir / "eval" / "validation-3.json").read_text())
+    assert metrics["split"] == "validation" and metrics["step"] == 3
+    assert (workdir / "eval" / "validation-3.tsv").exists()
+
+
+def test_predict_mode_answers_each_line_in_order(trained):
+    workdir, data_dir, _ = trained
+    lines = "In the beginning God created the heavens and the earth.\nJesus wept.\n\nAmen.\n"
+    result = launch(*smoke_args(workdir, data_dir), "--mode=predict", stdin=lines)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(result.stdout.split("\n")) - 1 == 4  # one output line per input line
+
+
+@pytest.mark.parametrize(
+    "args, culprit",
+    [
+        (["--config.model.no_such_field=1"], "--config.model.no_such_field"),
+        (["--config.model.d_model=big"], "--config.model.d_model"),
+        (["--mode=eval", "--checkpoint=12345"], "--checkpoint=12345"),
+        (["--mode=predict", "--input=/no/such/file.txt"], "--input=/no/such/file.txt"),
+        (["--config.data.pair=en-xx"], "en-xx"),
+    ],
+)
+def test_bad_input_fails_with_one_line_naming_it(trained, args, culprit):
+    workdir, data_dir, _ = trained
+    before = sorted(os.listdir(workdir / "checkpoints"))
+    result = launch(*smoke_args(workdir, data_dir), *args)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and culprit in last, result.stderr[-2000:]
+    assert sorted(os.listdir(workdir / "checkpoints")) == before  # nothing saved is lost
+
+
+def test_unknown_config_argument_fails(tmp_path):
+    result = launch("--config=experiments/translate_bible.py:en-xx", f"--workdir={tmp_path}")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("error:") and "en-xx" in result.stderr
