@@ -21,7 +21,11 @@ def make_task(config, workdir: str, mesh):
         from ml_transformer.tasks.translation import TranslationTask
 
         return TranslationTask(config, workdir, mesh)
-    raise ValueError(f"config.task: unknown task {config.task!r} (translation)")
+    if config.task == "classification":
+        from ml_transformer.tasks.classification import ClassificationTask
+
+        return ClassificationTask(config, workdir, mesh)
+    raise ValueError(f"config.task: unknown task {config.task!r} (translation, classification)")
 
 
 def run(config, workdir: str, mode: str = "train", *, checkpoint: str = "latest", split: str = "test",
@@ -53,9 +57,9 @@ def report(task, params, step: int, workdir: str, split: str) -> dict:
     if jax.process_index() == 0:
         summary = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
         print(f"{split} @ step {step}: {summary}")
-        for source, reference, hypothesis in rows[: task.config.decode.samples]:
+        for source, reference, hypothesis in rows[: task.config.decode.samples] if rows else []:
             print(f"\n  source:     {source}\n  reference:  {reference}\n  hypothesis: {hypothesis}")
-        print(f"\nwrote {stem}.json and {stem}.tsv")
+        print(f"\nwrote {stem}.json" + (f" and {stem}.tsv" if rows is not None else ""))
     logging.info("%s @ %d: %s", split, step, metrics)
     return metrics
 

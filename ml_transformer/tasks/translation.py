@@ -178,7 +178,7 @@ class TranslationTask:
         for batch in batches:
             batch_sums = self._eval_step(params, self._global(batch))
             sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
-        metrics = summarize(jax.device_get(sums))
+        metrics = summarize(jax.device_get(sums), self.unit)
         limit = self.config.decode.final_examples if full else self.config.decode.eval_examples
         count = min(limit or len(inputs), len(inputs))
         beam = self.config.decode.beam_size if full else 1

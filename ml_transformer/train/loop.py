@@ -105,7 +105,7 @@ def train(task, config, workdir: str, mesh) -> TrainState:
 
 def _log_train(writer: MetricWriter, progress: Progress, pending: list[dict], step: int, lr: float) -> None:
     sums = jax.tree.map(lambda *xs: float(np.sum(xs)), *jax.device_get(pending))
-    metrics = summarize(sums)
+    metrics = summarize(sums, progress.unit)
     if not np.isfinite(metrics["loss"]):
         raise NonFiniteLoss(f"non-finite training loss {metrics['loss']} at step {step}")
     rate = progress.update(step, metrics["loss"], sums[progress.unit])

@@ -34,13 +34,14 @@ def token_metrics(logits: jax.Array, labels: jax.Array, smoothing: float) -> dic
     }
 
 
-def summarize(sums: dict[str, float]) -> dict[str, float]:
-    """Per-token means from accumulated sums: loss, nll, perplexity, accuracy."""
-    tokens = max(float(sums["tokens"]), 1.0)
-    nll = float(sums["nll_sum"]) / tokens
-    return {
-        "loss": float(sums["loss_sum"]) / tokens,
-        "nll": nll,
-        "perplexity": float(jnp.exp(min(nll, 50.0))),
-        "accuracy": float(sums["correct"]) / tokens,
-    }
+def summarize(sums: dict[str, float], unit: str = "tokens") -> dict[str, float]:
+    """Means per `unit` (the count key: 'tokens' or 'examples') from accumulated sums:
+    each `<name>_sum` becomes `<name>`, `correct` becomes `accuracy`, and `nll` adds
+    `perplexity`."""
+    count = max(float(sums[unit]), 1.0)
+    out = {key[: -len("_sum")]: float(value) / count for key, value in sums.items() if key.endswith("_sum")}
+    if "correct" in sums:
+        out["accuracy"] = float(sums["correct"]) / count
+    if "nll" in out:
+        out["perplexity"] = float(np.exp(min(out["nll"], 50.0)))
+    return out

@@ -1,0 +1,146 @@
+"""Classification of images (the Vision Transformer) and texts (the text classifier).
+
+The data and the model are chosen by name (`config.data.name`, `config.model.name`) from
+the registries below; each entry is `module:function`, imported on first use.
+
+A dataset factory `make(config, workdir) -> ClassificationData` returns an object with:
+  num_classes: int;  label_names: list[str]
+  input_spec: (shape without batch, numpy dtype) of the model inputs
+  train_batches(*, seed, batch_size, batch_multiple) -> grain.MapDataset, infinite, item
+      `step` = {'inputs': [B, ...], 'labels': int32 [B] or float32 [B, C] (soft labels,
+      e.g. mixup)}, augmentation included, a function of (seed, step) only
+  eval_batches(split, *, batch_size, batch_multiple) -> iterable of {'inputs', 'labels'
+      int32 [B], 'valid' bool [B]}, every example of the split once, in order, B a
+      multiple of batch_multiple (padding rows have valid=False)
+  encode(raw: list) -> inputs [N, ...]: raw texts (or images) → model inputs, for predict
+A model factory `from_config(model_config, num_classes) -> flax module` whose
+`apply(variables, inputs, train=)` returns logits [B, num_classes], or [B, 1] for a
+two-class sigmoid head.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ml_transformer.train import partitioning
+from ml_transformer.train.losses import summarize
+from ml_transformer.train.steps import eval_step
+
+DATASETS = {
+    "digits": "ml_transformer.data.images:digits",
+    "mnist": "ml_transformer.data.images:mnist",
+    "cifar10": "ml_transformer.data.images:cifar10",
+    "imagenet2012": "ml_transformer.data.images:imagenet2012",
+    "imdb_reviews": "ml_transformer.data.texts:imdb_reviews",
+    "bible_testament": "ml_transformer.data.texts:bible_testament",
+}
+MODELS = {
+    "vit": "ml_transformer.models.vit:from_config",
+    "text_classifier": "ml_transformer.models.text_classifier:from_config",
+}
+
+
+def _resolve(registry: dict[str, str], name: str, field: str):
+    if name not in registry:
+        raise ValueError(f"{field}: unknown name {name!r} (one of {', '.join(sorted(registry))})")
+    module, function = registry[name].split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def classification_metrics(logits: jax.Array, labels: jax.Array, valid: jax.Array, smoothing: float) -> dict:
+    """Sums over valid examples: loss, correct predictions, count ('examples').
+
+    `labels` are class ids [B] or soft labels [B, C]. Logits [B, 1] are a sigmoid head
+    for two classes (binary cross-entropy on class 1); otherwise softmax cross-entropy
+    against labels smoothed by `smoothing`.
+    """
+    num_classes = max(logits.shape[-1], 2)
+    soft = labels if labels.ndim == 2 else jax.nn.one_hot(labels, num_classes)
+    hard = jnp.argmax(soft, axis=-1)
+    if smoothing:
+        soft = soft * (1.0 - smoothing) + smoothing / num_classes
+    if logits.shape[-1] == 1:
+        logit = logits[:, 0].astype(jnp.float32)
+        loss = optax.sigmoid_binary_cross_entropy(logit, soft[:, 1])
+        predicted = (logit > 0).astype(jnp.int32)
+    else:
+        loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), soft)
+        predicted = jnp.argmax(logits, axis=-1)
+    weights = valid.astype(jnp.float32)
+    return {
+        "loss_sum": jnp.sum(loss * weights),
+        "correct": jnp.sum((predicted == hard) * weights),
+        "examples": jnp.sum(weights),
+    }
+
+
+def probabilities(logits: jax.Array) -> jax.Array:
+    """Class probabilities [B, C]: sigmoid for a one-logit head, softmax otherwise."""
+    if logits.shape[-1] == 1:
+        p = jax.nn.sigmoid(logits[:, 0].astype(jnp.float32))
+        return jnp.stack([1.0 - p, p], axis=-1)
+    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+
+class ClassificationTask:
+    """Everything the trainer and the eval/predict modes need for classification."""
+
+    unit = "examples"
+
+    def __init__(self, config, workdir: str, mesh):
+        self.config, self.mesh = config, mesh
+        self.data = _resolve(DATASETS, config.data.name, "config.data.name")(config, workdir)
+        self.model = _resolve(MODELS, config.model.name, "config.model.name")(config.model, self.data.num_classes)
+        self.batch_multiple = mesh.devices.size
+        self._eval_step = jax.jit(functools.partial(eval_step, loss_fn=self.loss_fn))
+        self._predict = jax.jit(lambda params, inputs: probabilities(self.model.apply({"params": params}, inputs)))
+
+    def init_params(self, rng):
+        shape, dtype = self.data.input_spec
+        return self.model.init(rng, jnp.zeros((self.batch_multiple, *shape), dtype))["params"]
+
+    def loss_fn(self, params, batch, rng, train: bool):
+        rngs = {"dropout": rng} if train else {}
+        logits = self.model.apply({"params": params}, batch["inputs"], train=train, rngs=rngs)
+        valid = batch.get("valid", jnp.ones(logits.shape[:1], bool))
+        sums = classification_metrics(logits, batch["labels"], valid, self.config.optimizer.label_smoothing)
+        return sums["loss_sum"] / jnp.maximum(sums["examples"], 1.0), sums
+
+    @functools.cache
+    def train_batches(self):
+        return self.data.train_batches(
+            seed=self.config.seed, batch_size=self.config.batch_size, batch_multiple=self.batch_multiple
+        )
+
+    def evaluate(self, params, split: str, step: int, *, full: bool = False):
+        """Loss and accuracy over the whole split; no per-example rows."""
+        sums = None
+        for batch in self.data.eval_batches(split, batch_size=self._eval_batch_size(),
+                                            batch_multiple=self.batch_multiple):
+            batch_sums = self._eval_step(params, self._global(batch))
+            sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
+        metrics = summarize(jax.device_get(sums), self.unit)
+        metrics["examples"] = int(jax.device_get(sums)["examples"])
+        return metrics, None
+
+    def predict(self, params, lines: list[str]) -> list[str]:
+        """'label<TAB>probability' of the most likely class for each raw input."""
+        inputs = self.data.encode(lines)
+        rows = -(-len(inputs) // self.batch_multiple) * self.batch_multiple
+        padded = np.zeros((rows, *inputs.shape[1:]), inputs.dtype)
+        padded[: len(inputs)] = inputs
+        probs = np.asarray(self._predict(params, partitioning.to_global({"inputs": padded}, self.mesh)["inputs"]))
+        names = self.data.label_names
+        return [f"{names[p.argmax()]}\t{p.max():.4f}" for p in probs[: len(inputs)]]
+
+    def _eval_batch_size(self) -> int:
+        return -(-self.config.batch_size // self.batch_multiple) * self.batch_multiple
+
+    def _global(self, batch: dict) -> dict:
+        return partitioning.to_global({k: batch[k] for k in ("inputs", "labels", "valid")}, self.mesh)
