@@ -1,7 +1,8 @@
 """Launches an experiment.
 
-  python launch.py --config=experiments/NAME.py[:ARG] --workdir=DIR [--mode=train|eval|predict]
-                   [--checkpoint=latest|STEP] [--split=test] [--input=FILE] [--config.KEY=VALUE ...]
+  python launch.py --config=experiments/NAME.py[:ARG] --workdir=DIR [--mode=train|eval|predict|attention]
+                   [--checkpoint=latest|STEP] [--split=test] [--input=FILE] [--layer=-1 --head=-1]
+                   [--config.KEY=VALUE ...]
 """
 
 import logging as std_logging
@@ -13,10 +14,12 @@ from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file, optionally with :ARG.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run folder: config, metrics, checkpoints, TensorBoard, eval results.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"], "What to do.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "attention"], "What to do.")
 flags.DEFINE_string("checkpoint", "latest", "Checkpoint for eval/predict: latest or a step number.")
 flags.DEFINE_string("split", "test", "Split to evaluate in eval mode.")
-flags.DEFINE_string("input", None, "Predict mode: file with one input per line (default: stdin).")
+flags.DEFINE_string("input", None, "Predict/attention modes: file with one input per line (default: stdin).")
+flags.DEFINE_integer("layer", -1, "Attention mode: layer to draw (negative counts from the last).")
+flags.DEFINE_integer("head", -1, "Attention mode: head to draw; -1 draws the mean over heads.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
@@ -49,7 +52,7 @@ def main(argv):
 
     try:
         runner.run(FLAGS.config, FLAGS.workdir, FLAGS.mode, checkpoint=FLAGS.checkpoint, split=FLAGS.split,
-                   input_path=FLAGS.input)
+                   input_path=FLAGS.input, layer=FLAGS.layer, head=FLAGS.head)
     except (ValueError, FileNotFoundError, runner.loop.NonFiniteLoss) as e:
         logging.debug("failure", exc_info=True)
         sys.exit(f"error: {e}")

@@ -12,7 +12,7 @@ from ml_transformer import evaluate
 from ml_transformer.train import loop, partitioning
 from ml_transformer.workdir import save_config
 
-MODES = ("train", "eval", "predict")
+MODES = ("train", "eval", "predict", "attention")
 
 
 def make_task(config, workdir: str, mesh):
@@ -29,7 +29,7 @@ def make_task(config, workdir: str, mesh):
 
 
 def run(config, workdir: str, mode: str = "train", *, checkpoint: str = "latest", split: str = "test",
-        input_path: str | None = None) -> None:
+        input_path: str | None = None, layer: int = -1, head: int = -1) -> None:
     if mode not in MODES:
         raise ValueError(f"--mode={mode}: not one of {', '.join(MODES)}")
     os.makedirs(workdir, exist_ok=True)
@@ -42,12 +42,16 @@ def run(config, workdir: str, mode: str = "train", *, checkpoint: str = "latest"
     elif mode == "eval":
         step, params = loop.restore_params(task, config, workdir, mesh, checkpoint)
         report(task, params, step, workdir, split)
-    else:
+    elif mode == "predict":
         _, params = loop.restore_params(task, config, workdir, mesh, checkpoint)
-        lines = _read_lines(input_path)
-        for line in task.predict(params, lines):
+        for line in task.predict(params, _read_lines(input_path)):
             print(line, flush=False)
         sys.stdout.flush()
+    else:
+        step, params = loop.restore_params(task, config, workdir, mesh, checkpoint)
+        out_dir = os.path.join(workdir, "attention", str(step))
+        for path in task.attention(params, _read_lines(input_path), layer, head, out_dir):
+            print(path)
 
 
 def report(task, params, step: int, workdir: str, split: str) -> dict:

@@ -58,6 +58,10 @@ class Tokenizer:
                 kept.append(i)
         return self._sp.decode(kept)
 
+    def pieces(self, ids: Sequence[int]) -> list[str]:
+        """The subword piece of each id (e.g. for labelling attention pictures)."""
+        return [self._sp.id_to_piece(int(i)) for i in ids]
+
 
 def load_tokenizer(model_path: str) -> Tokenizer:
     """Loads a model file; raises an error naming the file if it is missing or unusable."""

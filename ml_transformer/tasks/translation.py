@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import shutil
@@ -11,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from ml_transformer import decode, evaluate
+from ml_transformer import attention_maps, decode, evaluate
 from ml_transformer.data import bible, pipeline
 from ml_transformer.data.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
 from ml_transformer.models.seq2seq import Seq2Seq, Seq2SeqConfig
@@ -145,9 +146,9 @@ class TranslationTask:
         return self._train_batches
 
     # ---------------------------------------------------------------- decoding
-    def translate_ids(self, params, inputs: list[np.ndarray], beam_size: int) -> list[str]:
-        """Detokenized translations of encoded sources, in order."""
-        outputs = [""] * len(inputs)
+    def search(self, params, inputs: list[np.ndarray], beam_size: int) -> list[np.ndarray]:
+        """Output ids (EOS included) for encoded sources, in order."""
+        outputs = [np.zeros(0, np.int32)] * len(inputs)
         batches = pipeline.eval_batches(
             inputs, inputs, batch_size=self._eval_batch_size(), batch_multiple=self.batch_multiple
         )
@@ -155,12 +156,39 @@ class TranslationTask:
             tokens = self._translate(params, self._global(batch)["inputs"], beam_size=beam_size)
             for i, row in zip(batch["index"], np.asarray(jax.device_get(tokens))):
                 if i >= 0:
-                    outputs[i] = self.tokenizer.decode(row)
+                    outputs[i] = row[: np.count_nonzero(row)]
         return outputs
+
+    def translate_ids(self, params, inputs: list[np.ndarray], beam_size: int) -> list[str]:
+        """Detokenized translations of encoded sources, in order."""
+        return [self.tokenizer.decode(ids) for ids in self.search(params, inputs, beam_size)]
 
     def predict(self, params, lines: list[str]) -> list[str]:
         encoded = [np.asarray(ids, np.int32) for ids in self.tokenizer.encode_batch(lines)]
         return self.translate_ids(params, encoded, self.config.decode.beam_size)
+
+    def attention(self, params, lines: list[str], layer: int, head: int, out_dir: str) -> list[str]:
+        """For each source line and its beam-search translation, PNG heatmaps of encoder
+        self-attention, decoder self-attention and encoder-decoder attention of one layer
+        (and head, or the mean over heads), from the model's own forward pass."""
+        config = self.model.config
+        sowing = Seq2Seq(dataclasses.replace(config, block=dataclasses.replace(config.block, sow_weights=True)))
+        sources = [np.asarray(ids, np.int32) for ids in self.tokenizer.encode_batch(lines)]
+        paths = []
+        for n, (source, target) in enumerate(zip(sources, self.search(params, sources, self.config.decode.beam_size))):
+            _, state = sowing.apply({"params": params}, source[None], target[None], mutable=["intermediates"])
+            weights = attention_maps.collect(state["intermediates"])
+            src, tgt = self.tokenizer.pieces(source), self.tokenizer.pieces(target)
+            for kind, rows, columns in [
+                ("encoder/*/self_attention", src, src),
+                ("decoder/*/self_attention", tgt, tgt),
+                ("decoder/*/cross_attention", tgt, src),
+            ]:
+                name, matrix = attention_maps.pick(weights, kind, layer, head)
+                label = f"{name} head {'mean' if head == -1 else head}"
+                file = f"{n}-{name.replace('/', '-')}-head{'mean' if head == -1 else head}.png"
+                paths.append(attention_maps.heatmap(matrix, rows, columns, label, os.path.join(out_dir, file)))
+        return paths
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, params, split: str, step: int, *, full: bool = False):
