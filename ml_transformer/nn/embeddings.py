@@ -80,3 +80,26 @@ class PositionEncoding(nn.Module):
         elif jnp.ndim(positions) == 0:
             positions = positions + jnp.arange(length)
         return x + jnp.take(table, positions, axis=0).astype(x.dtype)
+
+
+class PatchEmbedding(nn.Module):
+    """Cuts images `[B, H, W, C]` into non-overlapping `patch_size`² patches, row by row,
+    and projects each patch's pixels linearly to `features`: `[B, (H/P)·(W/P), features]`.
+
+    The kernel is `[P·P·C, features]` over a patch's pixels in (row, column, channel) order.
+    """
+
+    patch_size: int
+    features: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: Array) -> Array:
+        batch, height, width, channels = images.shape
+        p = self.patch_size
+        if height % p or width % p:
+            raise ValueError(f"image size {height}x{width} is not divisible by the patch size {p}")
+        patches = images.reshape(batch, height // p, p, width // p, p, channels)
+        patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(batch, -1, p * p * channels)
+        return nn.Dense(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name="projection")(patches)

@@ -1,0 +1,81 @@
+r"""A small Vision Transformer on the embedded 8x8 digits (scikit-learn's `load_digits`).
+
+Command (the default run):
+  python launch.py --config=experiments/vit_digits.py --workdir=runs/vit_digits
+
+Arguments after the file name: `smoke` (tiny model, 30 steps: checks the pipeline end
+to end in about 20 s).
+
+Patches of 2x2 pixels (16 per image, plus the class token), 4 pre-LN layers of width
+64, the head on the mean of the patch tokens; AdamW, linear warmup then cosine decay,
+label smoothing 0.1, training images shifted by up to one pixel. 3,000 steps of 128
+images (about 305 epochs of the 1,258 training images).
+
+Measured on a 2-core CPU (other jobs light, load average 0.6-2): test accuracy 99.6%
+(269/270), validation 99.3%, in 3 min 27 s wall with the data already prepared (the
+first run prepares it in a few seconds) (4.1 min user + 2.2 min system CPU);
+with seed 1 test 99.6%, validation 97.8%, same time. Runs are exactly repeatable.
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    args = [a for a in (arg or "").split(",") if a]
+    if any(a != "smoke" for a in args):
+        raise ValueError(f"vit_digits.py: unknown argument(s) {[a for a in args if a != 'smoke']}; known: smoke")
+
+    c = ml_collections.ConfigDict()
+    c.task = "classification"
+    c.seed = 0
+    c.total_steps = 3000
+    c.batch_size = 128
+    c.log_every_steps = 100
+    c.eval_every_steps = 500
+    c.checkpoint_every_steps = 1000
+    c.keep_checkpoints = 2
+    c.final_split = "test"
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "digits"
+    c.data.data_dir = ""  # TFDS data directory; empty = TFDS's default (~/tensorflow_datasets)
+    c.data.crop_padding = 1  # random translations of up to ±1 pixel
+    c.data.flip = False  # mirrored digits are other shapes
+    c.data.mixup_alpha = 0.0
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "vit"
+    c.model.variant = ""  # custom sizes below
+    c.model.patch_size = 2
+    c.model.d_model = 64
+    c.model.num_layers = 4
+    c.model.num_heads = 4
+    c.model.d_ff = 128
+    c.model.dropout_rate = 0.1
+    c.model.attention_dropout_rate = 0.0
+    c.model.pool = "gap"  # mean of the patch tokens; "token": the class token
+    c.model.image_size = 8
+    c.model.dtype = "float32"
+    c.model.attention_impl = ""
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "adamw"
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.999
+    c.optimizer.eps = 1e-8
+    c.optimizer.weight_decay = 0.05
+    c.optimizer.schedule = "cosine"
+    c.optimizer.learning_rate = 3e-3
+    c.optimizer.warmup_steps = 300
+    c.optimizer.label_smoothing = 0.1
+    c.optimizer.grad_clip_norm = 1.0
+
+    if "smoke" in args:
+        c.model.update(d_model=16, num_layers=1, num_heads=2, d_ff=32)
+        c.batch_size = 32
+        c.total_steps = 30
+        c.log_every_steps = 10
+        c.eval_every_steps = 15
+        c.checkpoint_every_steps = 15
+        c.optimizer.warmup_steps = 5
+    return c

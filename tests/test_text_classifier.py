@@ -1,0 +1,131 @@
+"""The text classifier: heads, max pooling that ignores padding, sensitivity to every
+token, and a tiny textcls_bible run through the trainer's train, eval and predict modes."""
+
+import importlib.util
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ml_transformer import main
+from ml_transformer.models.text_classifier import (
+    TextClassifier, TextClassifierConfig, from_config, masked_max_pool)
+from ml_transformer.nn.blocks import BlockConfig
+from ml_transformer.tasks.classification import probabilities
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VOCAB, MAX_LEN = 50, 16
+
+
+def classifier(head="sigmoid", num_classes=2, pre_ln=False):
+    block = BlockConfig(d_model=16, num_heads=2, d_ff=16, dropout_rate=0.1, pre_ln=pre_ln)
+    return TextClassifier(TextClassifierConfig(VOCAB, num_classes, block, num_layers=1, max_len=MAX_LEN, head=head))
+
+
+def tokens(lengths, width=10, seed=0):
+    rng = np.random.default_rng(seed)
+    out = np.zeros((len(lengths), width), np.int32)
+    for row, n in enumerate(lengths):
+        out[row, :n] = rng.integers(1, VOCAB, n)
+    return jnp.asarray(out)
+
+
+@pytest.fixture(scope="module")
+def sigmoid_model():
+    model = classifier()
+    return model, model.init(jax.random.key(0), tokens([3]))
+
+
+def test_heads_give_logits_and_probabilities():
+    model = classifier()
+    x = tokens([3, 7, 10])
+    logits = model.apply(model.init(jax.random.key(0), x), x)
+    assert logits.shape == (3, 1)
+    p = jax.nn.sigmoid(logits)
+    assert bool(jnp.all((p > 0) & (p < 1)))
+    np.testing.assert_allclose(probabilities(logits)[:, 1], p[:, 0], rtol=1e-6)
+
+    model = classifier("softmax", 3, pre_ln=True)
+    logits = model.apply(model.init(jax.random.key(0), x), x)
+    assert logits.shape == (3, 3)
+    np.testing.assert_allclose(jnp.sum(probabilities(logits), axis=-1), 1.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="sigmoid head needs 2 classes"):
+        classifier("sigmoid", 3)
+
+
+def test_max_pool_never_picks_padding():
+    x = jnp.array([[[-5.0, -1.0], [-2.0, -3.0], [100.0, 100.0]],
+                   [[9.0, 9.0], [9.0, 9.0], [9.0, 9.0]]])
+    valid = jnp.array([[True, True, False], [False, False, False]])
+    np.testing.assert_array_equal(masked_max_pool(x, valid), [[-2.0, -1.0], [0.0, 0.0]])
+
+
+def test_output_ignores_padding_length_and_pad_embeddings(sigmoid_model):
+    model, variables = sigmoid_model
+    x = tokens([2, 5, 10])
+    base = model.apply(variables, x)
+    longer = jnp.pad(x, ((0, 0), (0, MAX_LEN - x.shape[1])))
+    np.testing.assert_allclose(model.apply(variables, longer), base, rtol=1e-5, atol=1e-6)
+
+    params = jax.tree.map(lambda a: a, variables["params"])
+    params["embed"]["embedding"] = params["embed"]["embedding"].at[0].set(50.0)
+    params["position"]["embedding"] = params["position"]["embedding"].at[5:].add(30.0)  # Pads of rows 0 and 1.
+    changed = model.apply({"params": params}, x)
+    np.testing.assert_allclose(changed[:2], base[:2], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(changed[2], base[2])  # Its positions 5.. are real tokens.
+
+
+def test_every_real_token_can_change_the_output(sigmoid_model):
+    model, variables = sigmoid_model
+    x = tokens([8], width=MAX_LEN)
+    base = model.apply(variables, x)
+    for i in range(8):
+        changed = model.apply(variables, x.at[0, i].set(x[0, i] % (VOCAB - 1) + 1))
+        assert not np.allclose(changed, base, rtol=1e-6, atol=1e-7), f"position {i} ignored"
+
+
+def test_dropout_only_in_training_and_inputs_longer_than_max_len_rejected(sigmoid_model):
+    model, variables = sigmoid_model
+    x = tokens([4, 9])
+    train = lambda seed: model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(seed)})  # noqa: E731
+    assert not np.allclose(train(1), train(2))
+    np.testing.assert_array_equal(model.apply(variables, x), model.apply(variables, x))
+    with pytest.raises(ValueError, match="max_len=16"):
+        model.apply(variables, tokens([3], width=MAX_LEN + 1))
+
+
+def smoke_config(data_dir):
+    path = os.path.join(ROOT, "experiments", "textcls_bible.py")
+    spec = importlib.util.spec_from_file_location("textcls_bible", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("smoke")
+    config.data.data_dir = str(data_dir)
+    config.total_steps = config.eval_every_steps = config.checkpoint_every_steps = 4
+    return config
+
+
+def test_smoke_run_trains_evaluates_and_predicts(tmp_path, capsys):
+    config = smoke_config(tmp_path / "tfds")
+    assert from_config(config.model, 2).config.vocab_size == config.data.vocab_size
+    workdir = str(tmp_path / "run")
+    main.run(config, workdir, "train")
+    test = json.loads((tmp_path / "run" / "eval" / "test-4.json").read_text())
+    assert test["step"] == 4 and 0 <= test["accuracy"] <= 1 and test["examples"] == 1500
+
+    main.run(config, workdir, "eval", split="validation")
+    validation = json.loads((tmp_path / "run" / "eval" / "validation-4.json").read_text())
+    assert 0 <= validation["accuracy"] <= 1 and validation["examples"] == 1537
+
+    inputs = tmp_path / "verses.txt"
+    inputs.write_text("Jesus wept.\nIn the beginning God created the heavens and the earth.\n\n", encoding="utf-8")
+    capsys.readouterr()
+    main.run(config, workdir, "predict", input_path=str(inputs))
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    for line in lines:
+        label, probability = line.split("\t")
+        assert label in ("old", "new") and 0.5 <= float(probability) <= 1
