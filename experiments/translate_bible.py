@@ -75,6 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.decode.beam_size = 4
     c.decode.alpha = 0.6  # length penalty
     c.decode.extra_len = 50  # maximum output length = source length + extra_len
+    c.decode.min_len = 1  # tokens before EOS at least: no empty translations
     c.decode.eval_examples = 200  # validation sentences decoded (greedy) at each evaluation
     c.decode.final_examples = 0  # sentences decoded (beam) in a full evaluation; 0 = all
     c.decode.samples = 5  # sample translations printed after training

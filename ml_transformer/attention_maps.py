@@ -1,8 +1,8 @@
 """Attention pictures: weights sown by the model's own forward pass, drawn as PNG heatmaps.
 
-A model built with `BlockConfig(sow_weights=True)` records every attention module's
-weights `[B, H, Lq, Lk]` in the 'intermediates' collection; `collect` flattens them to
-`{'encoder/layer_0/self_attention': array, ...}`.
+Applied with `mutable=['intermediates']`, a model records every attention module's
+weights `[B, H, Lq, Lk]` in that collection; `collect` flattens them to
+`{'encoder/layers_0/self_attention': array, ...}`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def collect(intermediates) -> dict[str, np.ndarray]:
 
 
 def pick(weights: dict[str, np.ndarray], kind: str, layer: int, head: int) -> tuple[str, np.ndarray]:
-    """(name, `[Lq, Lk]` map) of the `layer`-th module whose path ends with `kind` (e.g.
+    """(title, `[Lq, Lk]` map) of the `layer`-th module whose path matches `kind` (e.g.
     'encoder/*/self_attention'), for one head or the mean over heads (head = -1).
     Negative layers count from the last; out-of-range values raise ValueError."""
     prefix, suffix = kind.split("*")
@@ -45,7 +45,8 @@ def pick(weights: dict[str, np.ndarray], kind: str, layer: int, head: int) -> tu
     per_head = weights[name][0]
     if not -1 <= head < per_head.shape[0]:
         raise ValueError(f"--head={head}: the model has {per_head.shape[0]} heads (-1 averages them)")
-    return name, (per_head.mean(axis=0) if head == -1 else per_head[head])
+    title = f"{name} head {'mean' if head == -1 else head}"
+    return title, (per_head.mean(axis=0) if head == -1 else per_head[head])
 
 
 def _layer_number(name: str) -> int:
@@ -53,8 +54,13 @@ def _layer_number(name: str) -> int:
     return int(digits or 0)
 
 
-def heatmap(matrix: np.ndarray, rows: list[str], columns: list[str], title: str, path: str) -> str:
-    """Writes `matrix` (rows = queries, columns = keys) as a labelled heatmap PNG."""
+def _path(out_dir: str, index: int, title: str) -> str:
+    return os.path.join(out_dir, f"{index}-{title.replace('/', '-').replace(' ', '-')}.png")
+
+
+def heatmap(title: str, matrix: np.ndarray, rows: list[str], columns: list[str], out_dir: str, index: int) -> str:
+    """Writes `matrix` (rows = queries, columns = keys) as a labelled heatmap PNG named
+    after input `index` and `title`; returns its path."""
     height = max(3.0, 0.28 * len(rows) + 1.5)
     width = max(4.0, 0.28 * len(columns) + 2.0)
     fig, ax = plt.subplots(figsize=(width, height))
@@ -65,11 +71,12 @@ def heatmap(matrix: np.ndarray, rows: list[str], columns: list[str], title: str,
     ax.set_ylabel("queries")
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.04)
-    return _save(fig, path)
+    return _save(fig, _path(out_dir, index, title))
 
 
-def overlay(image: np.ndarray, patch_map: np.ndarray, title: str, path: str) -> str:
-    """Writes `image` `[H, W, C]` with a `[gh, gw]` patch map laid over it as a PNG."""
+def overlay(title: str, patch_map: np.ndarray, image: np.ndarray, out_dir: str, index: int) -> str:
+    """Writes `image` `[H, W, C]` beside itself under a `[gh, gw]` patch map, as a PNG
+    named after input `index` and `title`; returns its path."""
     fig, axes = plt.subplots(1, 2, figsize=(7, 3.6))
     gray = image[..., 0] if image.shape[-1] == 1 else image
     extent = (0, image.shape[1], image.shape[0], 0)
@@ -80,7 +87,7 @@ def overlay(image: np.ndarray, patch_map: np.ndarray, title: str, path: str) -> 
     axes[0].set_title("image", fontsize=9)
     axes[1].set_title(title, fontsize=9)
     fig.colorbar(shown, ax=axes[1], fraction=0.046)
-    return _save(fig, path)
+    return _save(fig, _path(out_dir, index, title))
 
 
 def _unit_range(x: np.ndarray) -> np.ndarray:

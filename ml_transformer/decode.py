@@ -15,9 +15,11 @@ Outputs exclude BOS, include EOS and hold the pad id 0 after it. Length limits: 
 sequence of example b holds at most `min(max_lens[b], max_len)` tokens, EOS included
 (`max_lens` is clipped to [1, max_len]). A sequence still unfinished at its last allowed
 position gets EOS there, so every output ends with EOS; beam search scores that EOS with
-the model's own probability. Every search is traceable inside one `jax.jit`, with
-`batch_size`, `beam_size`, `max_len`, `bos_id`, `eos_id`, `temperature`, `top_k` and
-`top_p` static Python values.
+the model's own probability. `min_len` forbids EOS before that many tokens (at most
+limit - 1): with `min_len=1` no output is empty, which a weakly trained model would
+otherwise often prefer under beam search. Every search is traceable inside one
+`jax.jit`, with `batch_size`, `beam_size`, `max_len`, `min_len`, `bos_id`, `eos_id`,
+`temperature`, `top_k` and `top_p` static Python values.
 """
 
 from __future__ import annotations
@@ -40,8 +42,18 @@ def _length_limits(batch_size: int, max_len: int, max_lens: Array | None) -> Arr
     return jnp.clip(jnp.asarray(max_lens, jnp.int32), 1, max_len)
 
 
+def _forbid_early_eos(logits: Array, i: Array, limits: Array, min_len: int, eos_id: int) -> Array:
+    """`logits` [N, V] at output position `i` with EOS at -inf where `i < min(min_len,
+    limit - 1)`; `limits` [N'] repeats over the rows when N is a multiple of N'."""
+    if min_len <= 0:
+        return logits
+    early = i < jnp.minimum(min_len, limits - 1)
+    early = jnp.repeat(early, logits.shape[0] // early.shape[0])
+    return logits.at[:, eos_id].set(jnp.where(early, -jnp.inf, logits[:, eos_id]))
+
+
 def _decode(step_fn: StepFn, state: Any, select: Callable, rng: Array | None, *,
-            batch_size: int, max_len: int, bos_id: int, eos_id: int,
+            batch_size: int, max_len: int, min_len: int, bos_id: int, eos_id: int,
             max_lens: Array | None) -> Array:
     """Extends each sequence by `select(logits, key)` until every one has ended."""
     limits = _length_limits(batch_size, max_len, max_lens)
@@ -54,7 +66,8 @@ def _decode(step_fn: StepFn, state: Any, select: Callable, rng: Array | None, *,
         i, tokens, prev, finished, state = carry
         logits, state = step_fn(prev[:, None], state)
         key = None if rng is None else jax.random.fold_in(rng, i)
-        token = select(logits.astype(jnp.float32), key).astype(jnp.int32)
+        logits = _forbid_early_eos(logits.astype(jnp.float32), i, limits, min_len, eos_id)
+        token = select(logits, key).astype(jnp.int32)
         token = jnp.where(i + 1 >= limits, eos_id, token)
         token = jnp.where(finished, PAD_ID, token)
         tokens = tokens.at[:, i].set(token)
@@ -71,11 +84,12 @@ def _decode(step_fn: StepFn, state: Any, select: Callable, rng: Array | None, *,
 
 
 def greedy_search(step_fn: StepFn, state: Any, *, batch_size: int, max_len: int,
-                  bos_id: int, eos_id: int, max_lens: Array | None = None) -> Array:
+                  bos_id: int, eos_id: int, max_lens: Array | None = None,
+                  min_len: int = 0) -> Array:
     """Argmax decoding: int32[batch_size, max_len]; stops once every sequence has ended."""
     return _decode(step_fn, state, lambda logits, _: jnp.argmax(logits, axis=-1), None,
-                   batch_size=batch_size, max_len=max_len, bos_id=bos_id, eos_id=eos_id,
-                   max_lens=max_lens)
+                   batch_size=batch_size, max_len=max_len, min_len=min_len, bos_id=bos_id,
+                   eos_id=eos_id, max_lens=max_lens)
 
 
 def _sampler(temperature: float, top_k: int, top_p: float) -> Callable:
@@ -101,7 +115,7 @@ def _sampler(temperature: float, top_k: int, top_p: float) -> Callable:
 
 def sample(step_fn: StepFn, state: Any, rng: Array, *, batch_size: int, max_len: int,
            bos_id: int, eos_id: int, temperature: float = 1.0, top_k: int = 0,
-           top_p: float = 1.0, max_lens: Array | None = None) -> Array:
+           top_p: float = 1.0, max_lens: Array | None = None, min_len: int = 0) -> Array:
     """Ancestral sampling: int32[batch_size, max_len]; stops once every sequence has ended.
 
     Logits are divided by `temperature` (0 means argmax). `top_k > 0` keeps the k most
@@ -115,8 +129,8 @@ def sample(step_fn: StepFn, state: Any, rng: Array, *, batch_size: int, max_len:
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     return _decode(step_fn, state, _sampler(temperature, top_k, top_p), rng,
-                   batch_size=batch_size, max_len=max_len, bos_id=bos_id, eos_id=eos_id,
-                   max_lens=max_lens)
+                   batch_size=batch_size, max_len=max_len, min_len=min_len, bos_id=bos_id,
+                   eos_id=eos_id, max_lens=max_lens)
 
 
 def expand_to_beams(tree: Any, beam_size: int) -> Any:
@@ -152,7 +166,7 @@ def length_penalty(length: Array | int, alpha: Array | float) -> Array:
 
 def beam_search(step_fn: StepFn, state: Any, *, batch_size: int, beam_size: int,
                 alpha: Array | float, max_len: int, bos_id: int, eos_id: int,
-                max_lens: Array | None = None) -> tuple[Array, Array]:
+                max_lens: Array | None = None, min_len: int = 0) -> tuple[Array, Array]:
     """Beam search with the GNMT length penalty.
 
     A finished hypothesis Y (EOS counted in |Y|) scores log P(Y) / length_penalty(|Y|).
@@ -185,7 +199,8 @@ def beam_search(step_fn: StepFn, state: Any, *, batch_size: int, beam_size: int,
         prev = jnp.where(i == 0, bos_id, alive_seqs[:, :, jnp.maximum(i - 1, 0)])
         logits, state = step_fn(prev.reshape(batch_size * beam_size, 1), state)
         vocab_size = logits.shape[-1]
-        logprobs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        logits = _forbid_early_eos(logits.astype(jnp.float32), i, limits, min_len, eos_id)
+        logprobs = jax.nn.log_softmax(logits, axis=-1)
         extended = alive_logp[:, :, None] + logprobs.reshape(batch_size, beam_size, vocab_size)
 
         ended_scores = extended[:, :, eos_id] / length_penalty(i + 1, alpha)

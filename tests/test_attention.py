@@ -67,7 +67,7 @@ def test_fully_masked_rows_are_finite(qkv):
 def test_multi_head_shapes_and_projections():
     d_model, heads = 24, 4
     x = jax.random.normal(jax.random.key(0), (2, 5, d_model))
-    mha = MultiHeadAttention(features=d_model, num_heads=heads, sow_weights=True)
+    mha = MultiHeadAttention(features=d_model, num_heads=heads)
     variables = mha.init(jax.random.key(1), x, x)
     p = variables["params"]
     for name in ("query", "key", "value"):
@@ -80,9 +80,11 @@ def test_multi_head_shapes_and_projections():
     heads_out, weights = reference_attention(proj("query"), proj("key"), proj("value"))
     expected = np.einsum("blhk,hkd->bld", heads_out, p["out"]["kernel"]) + np.asarray(p["out"]["bias"])
     np.testing.assert_allclose(out, expected, atol=1e-4)
-    np.testing.assert_allclose(inter["intermediates"]["attention_weights"][0], weights, atol=1e-5)
+    sown = inter["intermediates"]["attention_weights"][0]
+    np.testing.assert_allclose(sown, weights, atol=1e-5)
+    np.testing.assert_allclose(np.sum(sown, axis=-1), 1.0, atol=1e-6)  # a distribution over keys
     # The sown-weights path and the fast path agree.
-    fast, _ = MultiHeadAttention(features=d_model, num_heads=heads).apply(variables, x, x)
+    fast, _ = mha.apply(variables, x, x)
     np.testing.assert_allclose(fast, out, atol=1e-5)
 
 

@@ -299,3 +299,29 @@ def test_sample_rejects_bad_options(options):
     with pytest.raises(ValueError):
         decode.sample(TOY.step, TOY.init_state(1), jax.random.key(0), batch_size=1, max_len=2,
                       bos_id=BOS, eos_id=EOS, **options)
+
+
+def test_min_len_forbids_early_eos_in_every_search():
+    """The model of the test above prefers the empty output at first; with min_len=1 each
+    search must emit a token first, and a limit of 1 still allows EOS alone."""
+    first = jnp.log(jnp.array([1e-9, 1e-9, 0.6, 0.4, 1e-9]))
+    middle = 20.0 * jax.nn.one_hot(EOS, V)
+
+    def step(tokens, state):
+        logits = jnp.where(state["step"] == 0, first, middle)
+        return jnp.tile(logits, (tokens.shape[0], 1)), {"step": state["step"] + 1}
+
+    kwargs = dict(batch_size=2, max_len=6, bos_id=BOS, eos_id=EOS, max_lens=jnp.array([6, 1]))
+    state = {"step": jnp.int32(0)}
+    outputs = {
+        "greedy": lambda m: decode.greedy_search(step, state, min_len=m, **kwargs),
+        "sample": lambda m: decode.sample(step, state, jax.random.key(0), temperature=1e-4,
+                                          min_len=m, **kwargs),
+        "beam": lambda m: decode.beam_search(step, state, beam_size=2, alpha=0.6, min_len=m,
+                                             **kwargs)[0][:, 0],
+    }
+    for name, search in outputs.items():
+        without, with_min = (np.asarray(jax.jit(search, static_argnums=0)(m)) for m in (0, 1))
+        assert hypothesis(without[0], 6) == (EOS,), name
+        assert hypothesis(with_min[0], 6) == (3, EOS), name
+        assert hypothesis(with_min[1], 1) == (EOS,), name

@@ -1,23 +1,16 @@
-"""`launch.py` end to end on the smoke config, through the real TFDS builder: the run
-contract's train, eval and predict modes, and one-line errors for bad input."""
+"""`launch.py` end to end on the translation smoke config, through the real TFDS
+builder: the run contract's train, eval, predict and attention modes, and one-line errors
+for bad input."""
 
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import pytest
+from conftest import launch
+from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 6
-
-
-def launch(*args, stdin=None):
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "launch.py"), *args],
-        input=stdin, capture_output=True, text=True, cwd=ROOT, timeout=600,
-    )
 
 
 def smoke_args(workdir, data_dir):
@@ -75,6 +68,25 @@ def test_predict_mode_answers_each_line_in_order(trained):
     result = launch(*smoke_args(workdir, data_dir), "--mode=predict", stdin=lines)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(result.stdout.split("\n")) - 1 == 4  # one output line per input line
+
+
+def test_attention_mode_draws_encoder_decoder_and_cross_attention(trained):
+    workdir, data_dir, _ = trained
+    sentence = "The animal didn't cross the street because it was too tired\n"
+    result = launch(*smoke_args(workdir, data_dir), "--mode=attention", "--layer=0", "--head=1", stdin=sentence)
+    assert result.returncode == 0, result.stderr[-3000:]
+    paths = result.stdout.split()
+    assert [os.path.basename(p) for p in paths] == [
+        "0-encoder-layers_0-self_attention-head-1.png",
+        "0-decoder-layers_0-self_attention-head-1.png",
+        "0-decoder-layers_0-cross_attention-head-1.png",
+    ]
+    assert all(os.path.dirname(p) == str(workdir / "attention" / str(STEPS)) for p in paths)
+    for path in paths:
+        with Image.open(path) as image:
+            assert image.format == "PNG" and min(image.size) > 100
+    result = launch(*smoke_args(workdir, data_dir), "--mode=attention", "--head=7", stdin=sentence)
+    assert result.returncode != 0 and "--head=7" in result.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,6 @@
 """The text classifier: heads, max pooling that ignores padding, sensitivity to every
 token, and a tiny textcls_bible run through the trainer's train, eval and predict modes."""
 
-import importlib.util
 import json
 import os
 
@@ -9,14 +8,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import launch
+from PIL import Image
 
-from ml_transformer import main
 from ml_transformer.models.text_classifier import (
-    TextClassifier, TextClassifierConfig, from_config, masked_max_pool)
+    TextClassifier, TextClassifierConfig, masked_max_pool)
 from ml_transformer.nn.blocks import BlockConfig
 from ml_transformer.tasks.classification import probabilities
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB, MAX_LEN = 50, 16
 
 
@@ -97,35 +96,33 @@ def test_dropout_only_in_training_and_inputs_longer_than_max_len_rejected(sigmoi
         model.apply(variables, tokens([3], width=MAX_LEN + 1))
 
 
-def smoke_config(data_dir):
-    path = os.path.join(ROOT, "experiments", "textcls_bible.py")
-    spec = importlib.util.spec_from_file_location("textcls_bible", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("smoke")
-    config.data.data_dir = str(data_dir)
-    config.total_steps = config.eval_every_steps = config.checkpoint_every_steps = 4
-    return config
-
-
-def test_smoke_run_trains_evaluates_and_predicts(tmp_path, capsys):
-    config = smoke_config(tmp_path / "tfds")
-    assert from_config(config.model, 2).config.vocab_size == config.data.vocab_size
-    workdir = str(tmp_path / "run")
-    main.run(config, workdir, "train")
-    test = json.loads((tmp_path / "run" / "eval" / "test-4.json").read_text())
+def test_smoke_run_in_train_eval_predict_and_attention_modes(tmp_path):
+    workdir = tmp_path / "run"
+    args = ["--config=experiments/textcls_bible.py:smoke", f"--workdir={workdir}",
+            f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.total_steps=4",
+            "--config.eval_every_steps=4", "--config.checkpoint_every_steps=4"]
+    result = launch(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    test = json.loads((workdir / "eval" / "test-4.json").read_text())
     assert test["step"] == 4 and 0 <= test["accuracy"] <= 1 and test["examples"] == 1500
 
-    main.run(config, workdir, "eval", split="validation")
-    validation = json.loads((tmp_path / "run" / "eval" / "validation-4.json").read_text())
+    result = launch(*args, "--mode=eval", "--split=validation")
+    assert result.returncode == 0, result.stderr[-3000:]
+    validation = json.loads((workdir / "eval" / "validation-4.json").read_text())
     assert 0 <= validation["accuracy"] <= 1 and validation["examples"] == 1537
 
-    inputs = tmp_path / "verses.txt"
-    inputs.write_text("Jesus wept.\nIn the beginning God created the heavens and the earth.\n\n", encoding="utf-8")
-    capsys.readouterr()
-    main.run(config, workdir, "predict", input_path=str(inputs))
-    lines = capsys.readouterr().out.splitlines()
+    verses = "Jesus wept.\nIn the beginning God created the heavens and the earth.\n\n"
+    result = launch(*args, "--mode=predict", stdin=verses)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
     assert len(lines) == 3
     for line in lines:
         label, probability = line.split("\t")
         assert label in ("old", "new") and 0.5 <= float(probability) <= 1
+
+    result = launch(*args, "--mode=attention", "--head=0", stdin="Jesus wept.\n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    [path] = result.stdout.split()
+    assert os.path.basename(path) == "0-encoder-layers_0-self_attention-head-0.png"
+    with Image.open(path) as image:
+        assert image.format == "PNG"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from ml_transformer.data import bible, pipeline, texts
+from ml_transformer.data import bible, pipeline, texts, tokenizer
 
 MAX_LEN = 48
 
@@ -80,7 +80,7 @@ def test_tokenizer_is_cached_and_copied_to_the_workdir(data_dir, verses, tmp_pat
     mtime = os.path.getmtime(cached)
     again = texts.bible_testament(data_config(data_dir), str(tmp_path))
     assert os.path.getmtime(cached) == mtime
-    with open(cached, "rb") as a, open(tmp_path / texts.TOKENIZER_FILE, "rb") as b:
+    with open(cached, "rb") as a, open(tmp_path / tokenizer.TOKENIZER_FILE, "rb") as b:
         assert a.read() == b.read()
     np.testing.assert_array_equal(again.encode(["Jesus wept."]), verses.encode(["Jesus wept."]))
     with pytest.raises(ValueError, match="tokenizer.model.*vocab_size=400"):

@@ -1,7 +1,7 @@
-"""The Vision Transformer: patch embedding, class token, pooling, variants, position
-embeddings at another resolution, and a tiny digits run through the real trainer."""
+"""The Vision Transformer: patch embedding, class token, pooling, variants, attention
+weights, position embeddings at another resolution, and a tiny digits run through
+`launch.py` in every mode."""
 
-import importlib.util
 import json
 import os
 
@@ -11,21 +11,14 @@ import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from conftest import experiment_config, launch
+from PIL import Image
 
-from ml_transformer import main
+from ml_transformer import attention_maps
 from ml_transformer.models import vit
 from ml_transformer.nn.embeddings import PatchEmbedding
 from ml_transformer.tasks.classification import ClassificationTask
 from ml_transformer.train import loop, partitioning
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def experiment_config(name, arg=None):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "experiments", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
 
 
 def tiny_vit(**kwargs):
@@ -196,7 +189,7 @@ def test_adapt_restored_params_resizes_position_embeddings_only():
     assert large.apply({"params": adapted}, jnp.zeros((1, 12, 12, 1))).shape == (1, 5)
 
     wider = tiny_vit(d_ff=48).init(jax.random.key(1), jnp.zeros((1, 8, 8, 1)))["params"]
-    with pytest.raises(ValueError, match=r"encoder/layer_0/feed_forward/Dense_0/bias.*\(32,\).*\(48,\)"):
+    with pytest.raises(ValueError, match=r"encoder/layers_0/feed_forward/Dense_0/bias.*\(32,\).*\(48,\)"):
         vit.adapt_restored_params(restored, wider)
     other_classes = tiny_vit(num_classes=7).init(jax.random.key(1), jnp.zeros((1, 8, 8, 1)))["params"]
     with pytest.raises(ValueError, match=r"head/bias.*\(5,\).*\(7,\)"):
@@ -212,29 +205,86 @@ def _at(tree, path):
 # --- a digits run through the trainer ----------------------------------------------------
 
 
-def test_vit_digits_smoke_trains_evaluates_and_predicts(tmp_path, capsys):
-    config = experiment_config("vit_digits", "smoke")
-    config.data.data_dir = str(tmp_path / "tfds")
-    config.total_steps = 6
-    config.eval_every_steps = config.checkpoint_every_steps = 3
-    workdir = str(tmp_path / "run")
-    main.run(config, workdir, "train")
-    main.run(config, workdir, "eval", split="validation")
-    for split, count in (("test", 270), ("validation", 269)):
-        metrics = json.loads(open(os.path.join(workdir, "eval", f"{split}-6.json")).read())
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """A 6-step smoke run of experiments/vit_digits.py: (workdir, launch arguments)."""
+    workdir, data_dir = tmp_path_factory.mktemp("run"), tmp_path_factory.mktemp("tfds")
+    args = ["--config=experiments/vit_digits.py:smoke", f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
+            "--config.total_steps=6", "--config.eval_every_steps=3", "--config.checkpoint_every_steps=3"]
+    result = launch(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "test @ step 6" in result.stdout
+    return workdir, args
+
+
+def test_vit_digits_smoke_in_train_eval_predict_and_attention_modes(digits_run, tmp_path):
+    workdir, args = digits_run
+    result = launch(*args, "--mode=eval", "--checkpoint=3", "--split=validation")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for split, step, count in (("test", 6, 270), ("validation", 3, 269)):
+        metrics = json.loads((workdir / "eval" / f"{split}-{step}.json").read_text())
         assert metrics["examples"] == count and 0.0 <= metrics["accuracy"] <= 1.0
-    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert any("eval/accuracy" in r for r in records) and any("train/loss" in r for r in records)
 
-    image = np.zeros((8, 8), np.uint8)
-    np.save(tmp_path / "blank.npy", image)
-    (tmp_path / "inputs.txt").write_text(f"{tmp_path / 'blank.npy'}\n{tmp_path / 'blank.npy'}\n")
-    capsys.readouterr()
-    main.run(config, workdir, "predict", input_path=str(tmp_path / "inputs.txt"))
-    lines = capsys.readouterr().out.splitlines()
+    blank = tmp_path / "blank.npy"
+    np.save(blank, np.zeros((8, 8), np.uint8))
+    result = launch(*args, "--mode=predict", stdin=f"{blank}\n{blank}\n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
     assert len(lines) == 2 and lines[0] == lines[1]
     label, probability = lines[0].split("\t")
     assert label in [str(d) for d in range(10)] and 0.0 < float(probability) <= 1.0
+
+    result = launch(*args, "--mode=attention", stdin=f"{blank}\n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    [path] = result.stdout.split()
+    assert os.path.basename(path) == "0-encoder-layers_0-self_attention-head-mean-class-token.png"
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+
+
+def test_attention_weights_for_pictures_come_from_the_forward_pass(images):
+    model = tiny_vit(num_layers=2)
+    params = random_head(model.init(jax.random.key(0), images)["params"])
+    logits, state = model.apply({"params": params}, images, mutable=["intermediates"])
+    np.testing.assert_allclose(logits, model.apply({"params": params}, images), atol=1e-5)  # = fast path
+    weights = attention_maps.collect(state["intermediates"])
+    assert sorted(weights) == ["encoder/layers_0/self_attention", "encoder/layers_1/self_attention"]
+    tokens = 1 + (images.shape[1] // 2) ** 2
+    for w in weights.values():
+        assert w.shape == (images.shape[0], 2, tokens, tokens)
+        np.testing.assert_allclose(w.sum(axis=-1), 1.0, atol=1e-5)
+
+
+def test_a_checkpoint_restores_at_another_resolution(digits_run):
+    """The smoke model trained on 8x8 digits, restored for 12x12 images: its position
+    embeddings are interpolated, every other parameter is as saved."""
+    workdir, _ = digits_run
+    config = experiment_config("vit_digits", "smoke")
+    config.model.image_size = 12
+    model = vit.from_config(config.model, 10)
+
+    class Larger:  # a task whose images are 12x12
+        resize_param = staticmethod(vit.resize_restored)
+
+        def init_params(self, rng):
+            return model.init(rng, jnp.zeros((1, 12, 12, 1)))["params"]
+
+    mesh = partitioning.make_mesh()
+    step, params = loop.restore_params(Larger(), config, str(workdir), mesh)
+    assert step == 6
+    posemb = params[vit.POSITION_EMBEDDING]
+    assert posemb.shape == (1, 1 + 36, config.model.d_model)
+    assert model.apply({"params": params}, jnp.zeros((2, 12, 12, 1))).shape == (2, 10)
+
+    class Wider(Larger):  # a model whose shapes differ elsewhere: no resize fits
+        def init_params(self, rng):
+            return vit.ViT(10, 2, config.model.d_model, 1, 2, 2 * config.model.d_ff).init(
+                rng, jnp.zeros((1, 8, 8, 1)))["params"]
+
+    with pytest.raises(ValueError, match=r"feed_forward.*checkpoint shape \(\d+,\), model shape"):
+        loop.restore_params(Wider(), config, str(workdir), mesh)
 
 
 @pytest.mark.parametrize("name", ["vit_mnist", "vit_cifar10", "vit_imagenet"])

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 from collections.abc import Callable, Sequence
 
 import grain
@@ -28,10 +27,9 @@ from absl import logging
 
 from ml_transformer.data import bible
 from ml_transformer.data.pipeline import TrainBatches, decode_text
-from ml_transformer.data.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
+from ml_transformer.data.tokenizer import Tokenizer, cached_tokenizer
 
 SPLITS = ("train", "validation", "test")
-TOKENIZER_FILE = "tokenizer.model"
 BIBLE_PAIR = "en-fr"
 FIRST_NEW_TESTAMENT_BOOK = 40
 IMDB_VALIDATION_FRACTION = 0.1
@@ -79,23 +77,6 @@ def imdb_reviews_reader(data_dir: str) -> Reader:
     `imdb_reviews` in `data_dir`, each split read once."""
     catalog = functools.cache(lambda name: list(tfds.data_source("imdb_reviews", split=name, data_dir=data_dir)))
     return functools.cache(functools.partial(_imdb_reviews_split, catalog))
-
-
-def cached_tokenizer(cache_path: str, workdir: str, vocab_size: int,
-                     texts: Callable[[], Sequence[str]]) -> Tokenizer:
-    """The run's tokenizer: `workdir/tokenizer.model` if present, else the model at
-    `cache_path` (trained on `texts()` on first use) copied into the workdir."""
-    own = os.path.join(workdir, TOKENIZER_FILE)
-    if not os.path.exists(own):
-        if not os.path.exists(cache_path):
-            logging.info("Training a %d-piece SentencePiece model for %s", vocab_size, cache_path)
-            train_tokenizer(texts(), cache_path, vocab_size)
-        os.makedirs(workdir, exist_ok=True)
-        shutil.copyfile(cache_path, own)
-    tokenizer = load_tokenizer(own)
-    if tokenizer.vocab_size != vocab_size:
-        raise ValueError(f"{own}: {tokenizer.vocab_size} pieces, but config.data.vocab_size={vocab_size}")
-    return tokenizer
 
 
 def _classification_batch(batch: dict) -> dict:

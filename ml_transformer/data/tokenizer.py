@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import sentencepiece as spm
+from absl import logging
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+TOKENIZER_FILE = "tokenizer.model"  # a run's own copy, in its workdir
 # Stored in the model file, so a fixed value keeps training byte-for-byte reproducible.
 _TRAIN_THREADS = 2
 
@@ -98,3 +101,20 @@ def train_tokenizer(texts: Iterable[str], model_path: str, vocab_size: int, *,
     os.chmod(f.name, 0o644)
     os.replace(f.name, model_path)
     return load_tokenizer(model_path)
+
+
+def cached_tokenizer(cache_path: str, workdir: str, vocab_size: int,
+                     texts: Callable[[], Sequence[str]]) -> Tokenizer:
+    """The run's tokenizer: `workdir/tokenizer.model` if present, else the model at
+    `cache_path` (trained on `texts()` on first use) copied into the workdir."""
+    own = os.path.join(workdir, TOKENIZER_FILE)
+    if not os.path.exists(own):
+        if not os.path.exists(cache_path):
+            logging.info("Training a %d-piece SentencePiece model for %s", vocab_size, cache_path)
+            train_tokenizer(texts(), cache_path, vocab_size)
+        os.makedirs(workdir, exist_ok=True)
+        shutil.copyfile(cache_path, own)
+    tokenizer = load_tokenizer(own)
+    if tokenizer.vocab_size != vocab_size:
+        raise ValueError(f"{own}: {tokenizer.vocab_size} pieces, but config.data.vocab_size={vocab_size}")
+    return tokenizer

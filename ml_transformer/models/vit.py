@@ -21,6 +21,7 @@ import numpy as np
 
 from ml_transformer.nn.blocks import BlockConfig, Encoder
 from ml_transformer.nn.embeddings import PatchEmbedding
+from ml_transformer.train.checkpoints import fit_params
 
 Array = jax.Array
 
@@ -145,25 +146,19 @@ def resize_position_embeddings(
     return jnp.concatenate([posemb[:, :1], resized.reshape(1, -1, d)], axis=1)
 
 
+def resize_restored(name: str, value, shape: tuple):
+    """A restored parameter fitted to `shape` (`checkpoints.Resize`): position embeddings
+    of another square patch grid are resized; anything else cannot be fitted (None)."""
+    old = np.shape(value)
+    if name.rpartition("/")[2] != POSITION_EMBEDDING or len(old) != 3 or old[::2] != shape[::2]:
+        return None
+    old_side, new_side = math.isqrt(old[1] - 1), math.isqrt(shape[1] - 1)
+    if old_side**2 != old[1] - 1 or new_side**2 != shape[1] - 1:
+        return None
+    return resize_position_embeddings(value, (new_side, new_side))
+
+
 def adapt_restored_params(restored_params, target_params):
     """`restored_params` fitted to the shapes of `target_params`: position embeddings of
     another (square) grid are resized; any other difference raises ValueError."""
-    flat_restored = dict(jax.tree_util.tree_leaves_with_path(restored_params))
-    flat_target = dict(jax.tree_util.tree_leaves_with_path(target_params))
-    name = lambda path: "/".join(str(getattr(k, "key", k)) for k in path)  # noqa: E731
-    if flat_restored.keys() != flat_target.keys():
-        differ = sorted(map(name, flat_restored.keys() ^ flat_target.keys()))
-        raise ValueError(f"restored and target parameters differ in names: {', '.join(differ)}")
-    adapted = {}
-    for path, value in flat_restored.items():
-        old, new = np.shape(value), np.shape(flat_target[path])
-        if old != new:
-            if getattr(path[-1], "key", None) != POSITION_EMBEDDING or len(old) != 3 or old[::2] != new[::2]:
-                raise ValueError(f"parameter {name(path)}: restored shape {old} does not fit {new}")
-            old_side, new_side = math.isqrt(old[1] - 1), math.isqrt(new[1] - 1)
-            if old_side**2 != old[1] - 1 or new_side**2 != new[1] - 1:
-                raise ValueError(f"parameter {name(path)}: {old} and {new} are not both square grids")
-            value = resize_position_embeddings(value, (new_side, new_side))
-        adapted[path] = value
-    treedef = jax.tree_util.tree_structure(target_params)
-    return jax.tree_util.tree_unflatten(treedef, [adapted[path] for path in flat_target])
+    return fit_params(restored_params, target_params, resize_restored)

@@ -69,9 +69,9 @@ class MultiHeadAttention(nn.Module):
     """Multi-head attention with learned Q, K, V and output projections.
 
     d_k = features / num_heads; heads run in parallel and are concatenated by the output
-    projection. Weights are computed explicitly (and sown into the 'intermediates'
-    collection as `attention_weights`) when `sow_weights` is set or attention dropout is
-    active; otherwise the fused fast path runs.
+    projection. Weights are computed explicitly when attention dropout is active or the
+    caller makes the 'intermediates' collection mutable (they are then sown there as
+    `attention_weights`, for pictures); otherwise the fused fast path runs.
 
     Decoding with a cache: `__call__(..., cache=...)` takes and returns a dict
     `{'key', 'value': [B, max_len, H, D], 'index': int32 scalar}` for self-attention,
@@ -83,7 +83,6 @@ class MultiHeadAttention(nn.Module):
     dropout_rate: float = 0.0
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
-    sow_weights: bool = False
     implementation: str | None = None
 
     def setup(self):
@@ -120,9 +119,10 @@ class MultiHeadAttention(nn.Module):
             new_cache = None
             if cache is not None:  # self-attention, one new position per call
                 key, value, mask, new_cache = _append_to_cache(cache, key, value, mask)
-        if self.sow_weights or (train and self.dropout_rate > 0):
+        sowing = self.is_mutable_collection("intermediates")
+        if sowing or (train and self.dropout_rate > 0):
             weights = attention_weights(query, key, mask)
-            if self.sow_weights:
+            if sowing:
                 self.sow("intermediates", "attention_weights", weights)
             weights = self.dropout(weights, deterministic=not train)
             out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)

@@ -33,7 +33,6 @@ class BlockConfig:
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     attention_impl: str | None = None
-    sow_weights: bool = False
 
 
 class FeedForward(nn.Module):
@@ -75,7 +74,6 @@ def _attention(c: BlockConfig) -> MultiHeadAttention:
         dropout_rate=c.attention_dropout_rate,
         dtype=c.dtype,
         param_dtype=c.param_dtype,
-        sow_weights=c.sow_weights,
         implementation=c.attention_impl,
     )
 
@@ -154,7 +152,7 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, x: Array, mask: Array | None, *, train: bool) -> Array:
         for i in range(self.num_layers):
-            x = EncoderBlock(self.config, name=f"layer_{i}")(x, mask, train=train)
+            x = EncoderBlock(self.config, name=f"layers_{i}")(x, mask, train=train)
         if self.config.pre_ln:
             x = nn.LayerNorm(dtype=self.config.dtype, param_dtype=self.config.param_dtype, name="final_norm")(x)
         return x

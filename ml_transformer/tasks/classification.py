@@ -12,7 +12,9 @@ A dataset factory `make(config, workdir) -> ClassificationData` returns an objec
   eval_batches(split, *, batch_size, batch_multiple) -> iterable of {'inputs', 'labels'
       int32 [B], 'valid' bool [B]}, every example of the split once, in order, B a
       multiple of batch_multiple (padding rows have valid=False)
-  encode(raw: list) -> inputs [N, ...]: raw texts (or images) → model inputs, for predict
+  encode(raw: list) -> inputs [N, ...]: raw texts (or image files) → model inputs, for
+      predict and attention
+  tokenizer (text datasets only): shows the tokens on attention pictures
 A model factory `from_config(model_config, num_classes) -> flax module` whose
 `apply(variables, inputs, train=)` returns logits [B, num_classes], or [B, 1] for a
 two-class sigmoid head.
@@ -22,12 +24,15 @@ from __future__ import annotations
 
 import functools
 import importlib
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ml_transformer import attention_maps
+from ml_transformer.models import vit
 from ml_transformer.train import partitioning
 from ml_transformer.train.losses import summarize
 from ml_transformer.train.steps import eval_step
@@ -98,6 +103,7 @@ class ClassificationTask:
         self.data = _resolve(DATASETS, config.data.name, "config.data.name")(config, workdir)
         self.model = _resolve(MODELS, config.model.name, "config.model.name")(config.model, self.data.num_classes)
         self.batch_multiple = mesh.devices.size
+        self.resize_param = vit.resize_restored if isinstance(self.model, vit.ViT) else None
         self._eval_step = jax.jit(functools.partial(eval_step, loss_fn=self.loss_fn))
         self._predict = jax.jit(lambda params, inputs: probabilities(self.model.apply({"params": params}, inputs)))
 
@@ -138,6 +144,26 @@ class ClassificationTask:
         probs = np.asarray(self._predict(params, partitioning.to_global({"inputs": padded}, self.mesh)["inputs"]))
         names = self.data.label_names
         return [f"{names[p.argmax()]}\t{p.max():.4f}" for p in probs[: len(inputs)]]
+
+    def attention(self, params, lines: list[str], layer: int, head: int, out_dir: str) -> list[str]:
+        """For each input, encoder self-attention of one layer (and head, or the mean over
+        heads) from the model's own forward pass: for an image, the class token's attention
+        over the patches laid over the image; for a text, a heatmap over its tokens."""
+        paths = []
+        for n, x in enumerate(self.data.encode(lines)):
+            _, state = self.model.apply({"params": params}, x[None], mutable=["intermediates"])
+            weights = attention_maps.collect(state["intermediates"])
+            title, matrix = attention_maps.pick(weights, "encoder/*/self_attention", layer, head)
+            if x.ndim == 3:  # an image [H, W, C]; tokens: the class token, then the patches row by row
+                over_patches = matrix[0, 1:]
+                rows = math.isqrt(len(over_patches) * x.shape[0] // x.shape[1])
+                paths.append(attention_maps.overlay(f"{title} class token", over_patches.reshape(rows, -1), x,
+                                                    out_dir, n))
+            else:
+                tokens = self.data.tokenizer.pieces(x[x > 0])
+                square = matrix[: len(tokens), : len(tokens)]
+                paths.append(attention_maps.heatmap(title, square, tokens, tokens, out_dir, n))
+        return paths
 
     def _eval_batch_size(self) -> int:
         return -(-self.config.batch_size // self.batch_multiple) * self.batch_multiple

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -14,15 +12,12 @@ from absl import logging
 
 from ml_transformer import attention_maps, decode, evaluate
 from ml_transformer.data import bible, pipeline
-from ml_transformer.data.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
+from ml_transformer.data.tokenizer import Tokenizer, cached_tokenizer
 from ml_transformer.models.seq2seq import Seq2Seq, Seq2SeqConfig
 from ml_transformer.nn.blocks import BlockConfig
 from ml_transformer.train import partitioning
 from ml_transformer.train.losses import summarize, token_metrics
 from ml_transformer.train.steps import eval_step
-
-TOKENIZER_FILE = "tokenizer.model"
-
 
 def model_config(config, vocab_size: int, bos_id: int) -> Seq2SeqConfig:
     m = config.model
@@ -50,19 +45,15 @@ def model_config(config, vocab_size: int, bos_id: int) -> Seq2SeqConfig:
 
 
 def prepare_tokenizer(config, builder, workdir: str) -> Tokenizer:
-    """The run's tokenizer: `workdir/tokenizer.model`, else the one trained once on this
-    dataset's training split (cached beside the prepared data), copied into the workdir."""
-    own = os.path.join(workdir, TOKENIZER_FILE)
-    if os.path.exists(own):
-        return load_tokenizer(own)
-    cached = os.path.join(os.fspath(builder.data_dir), f"spm-{config.data.vocab_size}.model")
-    if not os.path.exists(cached):
-        logging.info("Training a %d-piece SentencePiece model on the training split", config.data.vocab_size)
+    """The run's tokenizer: `workdir/tokenizer.model`, else the joint one trained once on
+    this pair's training split (cached beside the prepared data), copied into the workdir."""
+
+    def texts():
         sources, targets = pipeline.read_texts(builder.as_data_source(split="train"))
-        train_tokenizer(sources + targets, cached, config.data.vocab_size)
-    os.makedirs(workdir, exist_ok=True)
-    shutil.copyfile(cached, own)
-    return load_tokenizer(own)
+        return sources + targets
+
+    cache = os.path.join(os.fspath(builder.data_dir), f"spm-{config.data.vocab_size}.model")
+    return cached_tokenizer(cache, workdir, config.data.vocab_size, texts)
 
 
 def seq2seq_loss(model: Seq2Seq, smoothing: float, params, batch: dict, rng, train: bool):
@@ -74,14 +65,15 @@ def seq2seq_loss(model: Seq2Seq, smoothing: float, params, batch: dict, rng, tra
 
 
 def translate(model: Seq2Seq, params, inputs, *, beam_size: int, alpha: float, extra_len: int, bos_id: int,
-              eos_id: int):
+              eos_id: int, min_len: int = 1):
     """Output tokens `[B, len(inputs[0]) + extra_len]` for source tokens `[B, Ls]`: greedy
-    when `beam_size` is 1, else the best beam; at most source length + `extra_len` tokens."""
+    when `beam_size` is 1, else the best beam; at most source length + `extra_len` tokens,
+    at least `min_len` before EOS."""
     max_len = inputs.shape[1] + extra_len
     variables = {"params": params}
     state = model.apply(variables, inputs, max_len, method=Seq2Seq.init_decode_state)
     step_fn = functools.partial(model.apply, variables, method=Seq2Seq.decode_step)
-    kwargs = dict(batch_size=inputs.shape[0], max_len=max_len, bos_id=bos_id, eos_id=eos_id,
+    kwargs = dict(batch_size=inputs.shape[0], max_len=max_len, min_len=min_len, bos_id=bos_id, eos_id=eos_id,
                   max_lens=jnp.sum(inputs > 0, axis=1) + extra_len)
     if beam_size == 1:
         return decode.greedy_search(step_fn, state, **kwargs)
@@ -105,7 +97,7 @@ class TranslationTask:
         self._translate = jax.jit(
             functools.partial(
                 translate, self.model, alpha=config.decode.alpha, extra_len=config.decode.extra_len,
-                bos_id=self.tokenizer.bos_id, eos_id=self.tokenizer.eos_id,
+                min_len=config.decode.min_len, bos_id=self.tokenizer.bos_id, eos_id=self.tokenizer.eos_id,
             ),
             static_argnames=("beam_size",),
         )
@@ -171,12 +163,10 @@ class TranslationTask:
         """For each source line and its beam-search translation, PNG heatmaps of encoder
         self-attention, decoder self-attention and encoder-decoder attention of one layer
         (and head, or the mean over heads), from the model's own forward pass."""
-        config = self.model.config
-        sowing = Seq2Seq(dataclasses.replace(config, block=dataclasses.replace(config.block, sow_weights=True)))
         sources = [np.asarray(ids, np.int32) for ids in self.tokenizer.encode_batch(lines)]
         paths = []
         for n, (source, target) in enumerate(zip(sources, self.search(params, sources, self.config.decode.beam_size))):
-            _, state = sowing.apply({"params": params}, source[None], target[None], mutable=["intermediates"])
+            _, state = self.model.apply({"params": params}, source[None], target[None], mutable=["intermediates"])
             weights = attention_maps.collect(state["intermediates"])
             src, tgt = self.tokenizer.pieces(source), self.tokenizer.pieces(target)
             for kind, rows, columns in [
@@ -184,10 +174,8 @@ class TranslationTask:
                 ("decoder/*/self_attention", tgt, tgt),
                 ("decoder/*/cross_attention", tgt, src),
             ]:
-                name, matrix = attention_maps.pick(weights, kind, layer, head)
-                label = f"{name} head {'mean' if head == -1 else head}"
-                file = f"{n}-{name.replace('/', '-')}-head{'mean' if head == -1 else head}.png"
-                paths.append(attention_maps.heatmap(matrix, rows, columns, label, os.path.join(out_dir, file)))
+                picked = attention_maps.pick(weights, kind, layer, head)
+                paths.append(attention_maps.heatmap(*picked, rows, columns, out_dir, n))
         return paths
 
     # ---------------------------------------------------------------- evaluation

@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 import os
+from typing import Any, Callable
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+# Fits a restored parameter to a model's shape: (name, value, shape) -> value, or None if it cannot.
+Resize = Callable[[str, Any, tuple], Any]
+
+
+def _registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    for item, handler, args in (("state", ocp.StandardCheckpointHandler, (ocp.args.StandardSave, ocp.args.StandardRestore)),
+                                ("meta", ocp.JsonCheckpointHandler, (ocp.args.JsonSave, ocp.args.JsonRestore))):
+        for arg in args:
+            registry.add(item, arg, handler)
+    return registry
 
 
 class Checkpoints:
@@ -15,6 +29,7 @@ class Checkpoints:
         self.manager = ocp.CheckpointManager(
             os.path.abspath(directory),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, create=True),
+            handler_registry=_registry(),
         )
 
     def steps(self) -> list[int]:
@@ -37,6 +52,12 @@ class Checkpoints:
         )
         return restored.state, restored.meta
 
+    def saved_layout(self, step: int, sharding) -> Any:
+        """Shapes and dtypes of the state saved at `step` (nested dicts and lists of
+        ShapeDtypeStruct with `sharding`): a target that restores it as it was saved."""
+        tree = self.manager.item_metadata(step)["state"]
+        return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree)
+
     def resolve(self, which: str) -> int:
         """'latest' or a step number → an existing step; ValueError naming what is missing."""
         steps = self.steps()
@@ -58,3 +79,29 @@ class Checkpoints:
 def abstract_like(tree):
     """Shape/dtype/sharding skeleton of a pytree, the target for `restore`."""
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def _name(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def fit_params(restored, target, resize: Resize | None = None):
+    """`restored` parameters laid out as `target` (arrays or shape structs): the names
+    must be the same; a parameter whose shape differs is passed through `resize` (e.g.
+    ViT position embeddings at another resolution). Otherwise ValueError naming the
+    parameter and both shapes."""
+    flat_restored = dict(jax.tree_util.tree_leaves_with_path(restored))
+    flat_target = dict(jax.tree_util.tree_leaves_with_path(target))
+    if flat_restored.keys() != flat_target.keys():
+        differ = sorted(map(_name, flat_restored.keys() ^ flat_target.keys()))
+        raise ValueError(f"checkpoint and model parameters differ in names: {', '.join(differ)}")
+    fitted = []
+    for path, want in flat_target.items():
+        value, shape = flat_restored[path], tuple(np.shape(want))
+        if tuple(np.shape(value)) != shape:
+            resized = resize(_name(path), value, shape) if resize else None
+            if resized is None:
+                raise ValueError(f"parameter {_name(path)}: checkpoint shape {tuple(np.shape(value))}, model shape {shape}")
+            value = resized
+        fitted.append(value)
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(target), fitted)

@@ -16,7 +16,7 @@ import numpy as np
 from absl import logging
 
 from ml_transformer.train import partitioning
-from ml_transformer.train.checkpoints import Checkpoints
+from ml_transformer.train.checkpoints import Checkpoints, fit_params
 from ml_transformer.train.losses import summarize
 from ml_transformer.train.metric_writers import MetricWriter, Progress
 from ml_transformer.train.schedules import make_schedule
@@ -42,13 +42,24 @@ def build_state(task, config, mesh):
 
 
 def restore_params(task, config, workdir: str, mesh, which: str = "latest"):
-    """(step, parameters) of a saved checkpoint, for evaluation and prediction."""
+    """(step, parameters) of a saved checkpoint, for evaluation and prediction. Parameters
+    saved with other shapes are fitted by the task's `resize_param` (e.g. ViT position
+    embeddings at another image resolution); ValueError if they cannot be."""
     _, _, abstract, _ = build_state(task, config, mesh)
     checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
-    step = checkpoints.resolve(which)
-    state, _ = checkpoints.restore(step, abstract)
-    checkpoints.close()
-    return step, state.params
+    try:
+        step = checkpoints.resolve(which)
+        saved = checkpoints.saved_layout(step, partitioning.replicated(mesh))
+        if _shapes(saved["params"]) == _shapes(abstract.params):
+            return step, checkpoints.restore(step, abstract)[0].params
+        state, _ = checkpoints.restore(step, saved)
+        return step, fit_params(state["params"], abstract.params, getattr(task, "resize_param", None))
+    finally:
+        checkpoints.close()
+
+
+def _shapes(tree) -> list:
+    return [(path, tuple(x.shape)) for path, x in jax.tree_util.tree_leaves_with_path(tree)]
 
 
 def train(task, config, workdir: str, mesh) -> TrainState:
@@ -59,6 +70,7 @@ def train(task, config, workdir: str, mesh) -> TrainState:
     if start is None:
         state, start = init(), 0
     else:
+        fit_params(checkpoints.saved_layout(start, None)["params"], abstract.params)  # names a mismatch
         state, _ = checkpoints.restore(start, abstract)
         logging.info("Resumed from the checkpoint at step %d", start)
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
