@@ -86,6 +86,15 @@ def test_known_verse_text(en_fr_validation):
     assert pipeline.decode_text(found[0]['target']) == 'Jésus pleura.'
 
 
+def test_inline_verse_references_are_removed(en_fr):
+    assert bible.clean_verse('(89:49) Y a-t-il un homme?') == 'Y a-t-il un homme?'
+    assert bible.clean_verse('en paix. (21:1) Jonathan dit:') == 'en paix. Jonathan dit:'
+    assert bible.clean_verse(' Pause (Sélah). ') == 'Pause (Sélah).'
+    train = en_fr.as_data_source('train')
+    targets = [pipeline.decode_text(train[i]['target']) for i in range(0, len(train), 5)]
+    assert not any(re.search(r'\(\d+:\d+\)', t) for t in targets)  # 1 in 20 had one
+
+
 def test_en_ko_skips_empty_verses(data_dir):
     builder = bible.prepare('en-ko', data_dir)
     skipped = builder.info.metadata['skipped']

