@@ -1,7 +1,7 @@
 """Launches an experiment.
 
   python launch.py --config=experiments/NAME.py[:ARG] --workdir=DIR [--mode=train|eval|predict|attention]
-                   [--checkpoint=latest|STEP] [--split=test] [--input=FILE] [--layer=-1 --head=-1]
+                   [--checkpoint=latest|best|avg:N|all|STEP] [--split=test] [--input=FILE] [--layer=-1 --head=-1]
                    [--config.KEY=VALUE ...]
 """
 
@@ -15,7 +15,8 @@ from ml_collections import config_flags
 config_flags.DEFINE_config_file("config", None, "Experiment config file, optionally with :ARG.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run folder: config, metrics, checkpoints, TensorBoard, eval results.")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "attention"], "What to do.")
-flags.DEFINE_string("checkpoint", "latest", "Checkpoint for eval/predict: latest or a step number.")
+flags.DEFINE_string("checkpoint", "latest", "Checkpoint to restore: latest, best, avg:N (mean of the last N), "
+                    "a step number, or (eval mode) all.")
 flags.DEFINE_string("split", "test", "Split to evaluate in eval mode.")
 flags.DEFINE_string("input", None, "Predict/attention modes: file with one input per line (default: stdin).")
 flags.DEFINE_integer("layer", -1, "Attention mode: layer to draw (negative counts from the last).")

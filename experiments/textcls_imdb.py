@@ -33,7 +33,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every_steps = 100
     c.eval_every_steps = 500
     c.checkpoint_every_steps = 500
-    c.keep_checkpoints = 3
+    c.keep_checkpoints = 3  # the rolling set; the best checkpoint is kept apart
+    c.best_metric = "accuracy"  # validation metric that picks --checkpoint=best
     c.final_split = "test"
 
     c.data = ml_collections.ConfigDict()

@@ -33,7 +33,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every_steps = 50
     c.eval_every_steps = 800
     c.checkpoint_every_steps = 800
-    c.keep_checkpoints = 3
+    c.keep_checkpoints = 3  # the rolling set; the best checkpoint is kept apart
+    c.best_metric = "bleu"  # validation metric that picks --checkpoint=best
     c.final_split = "test"  # evaluated in full (beam search) when training ends
 
     c.data = ml_collections.ConfigDict()

@@ -1,7 +1,9 @@
 """Evaluation metrics and the files evaluation writes.
 
-`DIR/eval/<split>-<step>.json` holds the metrics; sequence tasks add
-`DIR/eval/<split>-<step>.tsv` with columns source, reference, hypothesis.
+`DIR/eval/<split>-<name>.json` holds the metrics of a checkpoint (its name is its step,
+or e.g. `avg5-2400` for an average); sequence tasks add `DIR/eval/<split>-<name>.tsv`
+with columns source, reference, hypothesis. `--checkpoint=all` adds
+`DIR/eval/<split>-all.md`, a table with a row per checkpoint.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ def bleu(hypotheses: list[str], references: list[str], tokenize: str = "13a") ->
     return sacrebleu.corpus_bleu(hypotheses, [references], tokenize=tokenize).score
 
 
-def write_eval(workdir: str, split: str, step: int, metrics: dict, rows: list[tuple[str, str, str]] | None):
-    """Writes the metrics JSON (and the TSV of (source, reference, hypothesis) rows)."""
-    stem = os.path.join(workdir, "eval", f"{split}-{step}")
-    save_json(stem + ".json", {"step": step, "split": split, **metrics})
+def write_eval(workdir: str, split: str, name: str, step: int, metrics: dict,
+               rows: list[tuple[str, str, str]] | None) -> str:
+    """Writes the metrics JSON (and the TSV of (source, reference, hypothesis) rows) of
+    checkpoint `name`; returns the files' path without extension."""
+    stem = os.path.join(workdir, "eval", f"{split}-{name}")
+    save_json(stem + ".json", {"step": step, "split": split, "checkpoint": name, **metrics})
     if rows is not None:
         tmp = stem + ".tsv.tmp"
         with open(tmp, "w", encoding="utf-8", newline="") as f:
@@ -31,3 +35,15 @@ def write_eval(workdir: str, split: str, step: int, metrics: dict, rows: list[tu
             writer.writerows(rows)
         os.replace(tmp, stem + ".tsv")
     return stem
+
+
+def write_table(workdir: str, split: str, results: dict[str, dict]) -> str:
+    """Writes `{checkpoint: metrics}` as a markdown table `eval/<split>-all.md`; returns its path."""
+    columns = list(dict.fromkeys(k for metrics in results.values() for k in metrics))
+    cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| checkpoint | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(cell(m.get(k, "")) for k in columns) + " |" for name, m in results.items()]
+    path = os.path.join(workdir, "eval", f"{split}-all.md")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return path

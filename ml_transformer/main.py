@@ -38,29 +38,39 @@ def run(config, workdir: str, mode: str = "train", *, checkpoint: str = "latest"
     if mode == "train":
         save_config(workdir, config)
         state = loop.train(task, config, workdir, mesh)
-        report(task, state.params, int(state.step), workdir, config.final_split)
+        step = int(state.step)
+        report(task, loop.Restored(step, state.params, str(step)), workdir, config.final_split)
+    elif mode == "eval" and checkpoint == "all":
+        results = {}
+        for which in loop.saved_checkpoints(config, workdir):
+            restored = loop.restore_params(task, config, workdir, mesh, which)
+            results[which] = {"step": restored.step, **report(task, restored, workdir, split)}
+        path = evaluate.write_table(workdir, split, results)
+        if jax.process_index() == 0:
+            print(f"\n{open(path, encoding='utf-8').read()}\nwrote {path}")
     elif mode == "eval":
-        step, params = loop.restore_params(task, config, workdir, mesh, checkpoint)
-        report(task, params, step, workdir, split)
+        report(task, loop.restore_params(task, config, workdir, mesh, checkpoint), workdir, split)
     elif mode == "predict":
-        _, params = loop.restore_params(task, config, workdir, mesh, checkpoint)
-        for line in task.predict(params, _read_lines(input_path)):
+        restored = loop.restore_params(task, config, workdir, mesh, checkpoint)
+        for line in task.predict(restored.params, _read_lines(input_path)):
             print(line, flush=False)
         sys.stdout.flush()
     else:
-        step, params = loop.restore_params(task, config, workdir, mesh, checkpoint)
-        out_dir = os.path.join(workdir, "attention", str(step))
-        for path in task.attention(params, _read_lines(input_path), layer, head, out_dir):
+        restored = loop.restore_params(task, config, workdir, mesh, checkpoint)
+        out_dir = os.path.join(workdir, "attention", restored.name)
+        for path in task.attention(restored.params, _read_lines(input_path), layer, head, out_dir):
             print(path)
 
 
-def report(task, params, step: int, workdir: str, split: str) -> dict:
-    """Full evaluation of a split: writes eval/<split>-<step>.{json,tsv}, prints a summary."""
+def report(task, restored: loop.Restored, workdir: str, split: str) -> dict:
+    """Full evaluation of a split: writes eval/<split>-<name>.{json,tsv}, prints a summary."""
+    params, step = restored.params, restored.step
     metrics, rows = task.evaluate(params, split, step, full=True)
-    stem = evaluate.write_eval(workdir, split, step, metrics, rows)
+    stem = evaluate.write_eval(workdir, split, restored.name, step, metrics, rows)
     if jax.process_index() == 0:
         summary = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
-        print(f"{split} @ step {step}: {summary}")
+        label = "" if restored.name == str(step) else f" ({restored.name})"
+        print(f"{split} @ step {step}{label}: {summary}")
         for source, reference, hypothesis in rows[: task.config.decode.samples] if rows else []:
             print(f"\n  source:     {source}\n  reference:  {reference}\n  hypothesis: {hypothesis}")
         print(f"\nwrote {stem}.json" + (f" and {stem}.tsv" if rows is not None else ""))

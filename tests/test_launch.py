@@ -62,6 +62,17 @@ def test_eval_mode_restores_a_checkpoint(trained):
     assert (workdir / "eval" / "validation-3.tsv").exists()
 
 
+def test_eval_of_every_checkpoint_writes_one_table(trained):
+    workdir, data_dir, _ = trained
+    result = launch(*smoke_args(workdir, data_dir), "--mode=eval", "--checkpoint=all", "--split=validation",
+                    "--config.decode.final_examples=4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (workdir / "eval" / "validation-all.md").read_text().splitlines()
+    assert table[0].startswith("| checkpoint | step | loss |") and "bleu" in table[0]
+    assert [row.split("|")[1].strip() for row in table[2:]] == ["3", "6", "best"]
+    assert len(os.listdir(workdir / "checkpoints" / "best")) == 1
+
+
 def test_predict_mode_answers_each_line_in_order(trained):
     workdir, data_dir, _ = trained
     lines = "In the beginning God created the heavens and the earth.\nJesus wept.\n\nAmen.\n"

@@ -48,7 +48,7 @@ class ReverseTask:
         return TrainBatches(self.sources, self.targets, seed=0, max_len=8, batch_size=len(self.sources))
 
     def evaluate(self, params, split, step):
-        return {"steps_seen": float(step)}, []
+        return {"steps_seen": float(step), "loss": abs(step - 4.0)}, []
 
 
 def toy_config(total_steps, **optimizer):
@@ -56,6 +56,7 @@ def toy_config(total_steps, **optimizer):
     c.seed, c.total_steps, c.log_every_steps = 0, total_steps, 5
     c.eval_every_steps = c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 2
+    c.best_metric = "steps_seen"
     c.model = ml_collections.ConfigDict({"d_model": 32})
     c.optimizer = ml_collections.ConfigDict(
         dict(name="adam", b1=0.9, b2=0.98, eps=1e-9, weight_decay=0.0, schedule="transformer",
@@ -127,6 +128,29 @@ def test_resumed_training_equals_uninterrupted(tmp_path, mesh):
     # The last logged interval (steps 6-8) saw the same batches and noise in both runs.
     final = lambda run: [r for r in read_jsonl(tmp_path / run / "metrics.jsonl") if "train/loss" in r][-1]  # noqa: E731
     assert final("stopped")["train/loss"] == pytest.approx(final("straight")["train/loss"], abs=1e-7)
+
+
+def test_best_checkpoint_is_kept_apart_and_averages_are_means(tmp_path, mesh):
+    task, workdir = ReverseTask(dropout_rate=0.0), str(tmp_path)
+    config = toy_config(8)
+    config.eval_every_steps = config.checkpoint_every_steps = 2
+    config.best_metric = "loss"  # |step - 4|: lower is better, so step 4 is best
+    loop.train(task, config, workdir, mesh)
+    assert loop.saved_checkpoints(config, workdir) == ["6", "8", "best"]  # keep_checkpoints=2
+    best = loop.restore_params(task, config, workdir, mesh, "best")
+    assert (best.step, best.name) == (4, "4")
+    six, eight = (loop.restore_params(task, config, workdir, mesh, step).params for step in ("6", "8"))
+    average = loop.restore_params(task, config, workdir, mesh, "avg:2")
+    assert (average.step, average.name) == (8, "avg2-8")
+    for mean, a, b in zip(jax.tree.leaves(average.params), jax.tree.leaves(six), jax.tree.leaves(eight)):
+        np.testing.assert_allclose(mean, (a + b) / 2, rtol=1e-6)
+    assert not np.allclose(jax.tree.leaves(six)[0], jax.tree.leaves(eight)[0])
+    for which in ("avg:3", "avg:0", "avg:x", "5"):
+        with pytest.raises(ValueError, match=f"--checkpoint={which}"):
+            loop.restore_params(task, config, workdir, mesh, which)
+    config.total_steps = 10  # resuming keeps the best found so far
+    loop.train(task, config, workdir, mesh)
+    assert loop.restore_params(task, config, workdir, mesh, "best").step == 4
 
 
 def read_jsonl(path):

@@ -272,7 +272,7 @@ def test_a_checkpoint_restores_at_another_resolution(digits_run):
             return model.init(rng, jnp.zeros((1, 12, 12, 1)))["params"]
 
     mesh = partitioning.make_mesh()
-    step, params = loop.restore_params(Larger(), config, str(workdir), mesh)
+    step, params, _ = loop.restore_params(Larger(), config, str(workdir), mesh)
     assert step == 6
     posemb = params[vit.POSITION_EMBEDDING]
     assert posemb.shape == (1, 1 + 36, config.model.d_model)

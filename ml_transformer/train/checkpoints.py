@@ -1,4 +1,8 @@
-"""Orbax checkpoints of the training state, with a little JSON metadata per step."""
+"""Orbax checkpoints of the training state, with a little JSON metadata per step.
+
+`DIR/checkpoints/` holds the rolling set (the last `keep_checkpoints`); `DIR/checkpoints/best/`
+holds, apart from it, the state that scored best on `config.best_metric` at an evaluation.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,9 @@ from typing import Any, Callable
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+BEST = "best"
+LOWER_IS_BETTER = ("loss", "nll", "perplexity")
 
 # Fits a restored parameter to a model's shape: (name, value, shape) -> value, or None if it cannot.
 Resize = Callable[[str, Any, tuple], Any]
@@ -58,6 +65,9 @@ class Checkpoints:
         tree = self.manager.item_metadata(step)["state"]
         return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree)
 
+    def meta(self, step: int) -> dict:
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
     def resolve(self, which: str) -> int:
         """'latest' or a step number → an existing step; ValueError naming what is missing."""
         steps = self.steps()
@@ -66,7 +76,7 @@ class Checkpoints:
         if which == "latest":
             return max(steps)
         if not which.isdigit() or int(which) not in steps:
-            raise ValueError(f"--checkpoint={which}: not one of latest or the saved steps {sorted(steps)}")
+            raise ValueError(f"--checkpoint={which}: not one of latest, best, avg:N, all or the saved steps {sorted(steps)}")
         return int(which)
 
     def wait(self) -> None:
@@ -76,9 +86,30 @@ class Checkpoints:
         self.manager.close()
 
 
-def abstract_like(tree):
-    """Shape/dtype/sharding skeleton of a pytree, the target for `restore`."""
-    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+class BestCheckpoint:
+    """The state that scored best on `metric` (lower is better for LOWER_IS_BETTER, higher
+    otherwise) among the evaluations offered, in its own folder; survives resumption."""
+
+    def __init__(self, directory: str, metric: str):
+        self.metric, self.store = metric, Checkpoints(directory, keep=1)
+        step = self.store.latest_step()
+        self.value = None if step is None else self.store.meta(step)[metric]
+
+    def offer(self, step: int, state, metrics: dict) -> bool:
+        """Saves `state` if `metrics[metric]` beats the best so far; True if it did."""
+        if self.metric not in metrics:
+            raise ValueError(f"config.best_metric={self.metric}: not one of the eval metrics {sorted(metrics)}")
+        value = float(metrics[self.metric])
+        sign = -1.0 if self.metric in LOWER_IS_BETTER else 1.0
+        if self.value is not None and sign * value <= sign * self.value:
+            return False
+        self.store.save(step, state, {"step": step, self.metric: value})
+        self.value = value
+        return True
+
+    def close(self) -> None:
+        self.store.wait()
+        self.store.close()
 
 
 def _name(path) -> str:

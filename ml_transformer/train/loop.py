@@ -7,16 +7,19 @@ process's rows of the batch for that global step, always the same), and `evaluat
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+from typing import Any, NamedTuple
 
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
 from ml_transformer.train import partitioning
-from ml_transformer.train.checkpoints import Checkpoints, fit_params
+from ml_transformer.train.checkpoints import BEST, BestCheckpoint, Checkpoints, fit_params
 from ml_transformer.train.losses import summarize
 from ml_transformer.train.metric_writers import MetricWriter, Progress
 from ml_transformer.train.schedules import make_schedule
@@ -41,21 +44,73 @@ def build_state(task, config, mesh):
     return tx, schedule, abstract, functools.partial(init, init_rng)
 
 
-def restore_params(task, config, workdir: str, mesh, which: str = "latest"):
-    """(step, parameters) of a saved checkpoint, for evaluation and prediction. Parameters
-    saved with other shapes are fitted by the task's `resize_param` (e.g. ViT position
-    embeddings at another image resolution); ValueError if they cannot be."""
-    _, _, abstract, _ = build_state(task, config, mesh)
-    checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+class Restored(NamedTuple):
+    step: int
+    params: Any
+    name: str  # names the checkpoint in result files: the step, or e.g. 'avg5-2400'
+
+
+@contextlib.contextmanager
+def _opened(config, workdir: str, best: bool = False):
+    """The rolling checkpoints of a workdir, or its best checkpoint."""
+    if best:
+        checkpoints = Checkpoints(os.path.join(workdir, "checkpoints", BEST), keep=1)
+    else:
+        checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
     try:
-        step = checkpoints.resolve(which)
-        saved = checkpoints.saved_layout(step, partitioning.replicated(mesh))
-        if _shapes(saved["params"]) == _shapes(abstract.params):
-            return step, checkpoints.restore(step, abstract)[0].params
-        state, _ = checkpoints.restore(step, saved)
-        return step, fit_params(state["params"], abstract.params, getattr(task, "resize_param", None))
+        yield checkpoints
     finally:
         checkpoints.close()
+
+
+def saved_checkpoints(config, workdir: str) -> list[str]:
+    """The `--checkpoint` values of every saved checkpoint: its steps, and 'best'."""
+    with _opened(config, workdir) as rolling, _opened(config, workdir, best=True) as best:
+        return [str(step) for step in sorted(rolling.steps())] + ([BEST] if best.latest_step() is not None else [])
+
+
+def restore_params(task, config, workdir: str, mesh, which: str = "latest") -> Restored:
+    """Parameters of a saved checkpoint for evaluation and prediction. `which`: 'latest',
+    a step, 'best' (best on `config.best_metric` at an evaluation) or 'avg:N' (the mean of
+    the last N checkpoints' parameters). Parameters saved with other shapes are fitted by
+    the task's `resize_param` (e.g. ViT position embeddings at another image resolution);
+    ValueError if they cannot be."""
+    _, _, abstract, _ = build_state(task, config, mesh)
+    resize = getattr(task, "resize_param", None)
+    if which == BEST:
+        with _opened(config, workdir, best=True) as best:
+            step = best.latest_step()
+            if step is None:
+                raise ValueError(f"--checkpoint=best: no best checkpoint in {workdir} (saved at evaluations)")
+            return Restored(step, _restore(best, step, abstract, mesh, resize), str(step))
+    with _opened(config, workdir) as checkpoints:
+        if which.startswith("avg:"):
+            return _average(checkpoints, which, abstract, mesh, resize)
+        step = checkpoints.resolve(which)
+        return Restored(step, _restore(checkpoints, step, abstract, mesh, resize), str(step))
+
+
+def _restore(checkpoints: Checkpoints, step: int, abstract, mesh, resize):
+    saved = checkpoints.saved_layout(step, partitioning.replicated(mesh))
+    if _shapes(saved["params"]) == _shapes(abstract.params):
+        return checkpoints.restore(step, abstract)[0].params
+    state, _ = checkpoints.restore(step, saved)
+    return fit_params(state["params"], abstract.params, resize)
+
+
+def _average(checkpoints: Checkpoints, which: str, abstract, mesh, resize) -> Restored:
+    count = which.partition(":")[2]
+    steps = sorted(checkpoints.steps())
+    if not count.isdigit() or not 1 <= int(count) <= len(steps):
+        raise ValueError(f"--checkpoint={which}: N must be 1..{len(steps)}, the number of kept checkpoints")
+    chosen = steps[-int(count):]
+    total = None
+    for step in chosen:
+        params = _restore(checkpoints, step, abstract, mesh, resize)
+        total = params if total is None else jax.tree.map(jnp.add, total, params)
+    mean = jax.tree.map(lambda x: x / len(chosen), total)
+    logging.info("Averaged the parameters of steps %s", chosen)
+    return Restored(chosen[-1], mean, f"avg{len(chosen)}-{chosen[-1]}")
 
 
 def _shapes(tree) -> list:
@@ -66,6 +121,7 @@ def train(task, config, workdir: str, mesh) -> TrainState:
     """Trains to `config.total_steps`, resuming from the latest checkpoint in `workdir`."""
     tx, schedule, abstract, init = build_state(task, config, mesh)
     checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+    best = BestCheckpoint(os.path.join(workdir, "checkpoints", BEST), config.best_metric)
     start = checkpoints.latest_step()
     if start is None:
         state, start = init(), 0
@@ -103,6 +159,7 @@ def train(task, config, workdir: str, mesh) -> TrainState:
                 metrics, _ = task.evaluate(state.params, "validation", step)
                 writer.write(step, {f"eval/{k}": v for k, v in metrics.items()})
                 progress.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+                best.offer(step, state, metrics)
                 progress.reset_clock()
             if step % config.checkpoint_every_steps == 0 or last:
                 checkpoints.save(step, state, {"step": step})
@@ -111,6 +168,7 @@ def train(task, config, workdir: str, mesh) -> TrainState:
         progress.close()
         checkpoints.wait()
         checkpoints.close()
+        best.close()
         writer.close()
     return state
 
