@@ -1,8 +1,9 @@
 """Launches an experiment.
 
-  python launch.py --config=experiments/NAME.py[:ARG] --workdir=DIR [--mode=train|eval|predict|attention]
+  python launch.py --config=experiments/NAME.py[:ARG] --workdir=DIR [--mode=train|eval|predict|attention|sweep]
                    [--checkpoint=latest|best|avg:N|all|STEP] [--split=test] [--input=FILE] [--layer=-1 --head=-1]
-                   [--config.KEY=VALUE ...]
+                   [--profile_steps=A:B] [--distributed [--coordinator_address=HOST:PORT --num_processes=N
+                   --process_id=I]] [--parallel=N --sweep_emit=slurm --sweep_metric=NAME] [--config.KEY=VALUE ...]
 """
 
 import logging as std_logging
@@ -14,13 +15,23 @@ from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file, optionally with :ARG.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run folder: config, metrics, checkpoints, TensorBoard, eval results.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "attention"], "What to do.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "attention", "sweep"], "What to do.")
 flags.DEFINE_string("checkpoint", "latest", "Checkpoint to restore: latest, best, avg:N (mean of the last N), "
                     "a step number, or (eval mode) all.")
 flags.DEFINE_string("split", "test", "Split to evaluate in eval mode.")
 flags.DEFINE_string("input", None, "Predict/attention modes: file with one input per line (default: stdin).")
 flags.DEFINE_integer("layer", -1, "Attention mode: layer to draw (negative counts from the last).")
 flags.DEFINE_integer("head", -1, "Attention mode: head to draw; -1 draws the mean over heads.")
+flags.DEFINE_string("profile_steps", "", "Train mode: A:B writes a JAX profiler trace of steps A..B-1 to DIR/profile.")
+flags.DEFINE_bool("distributed", False, "Join a multi-process run: jax.distributed.initialize() from the flags "
+                  "below, or, without them, from the cluster environment (SLURM, Open MPI, TPU pods, ...).")
+flags.DEFINE_string("coordinator_address", None, "Multi-process: HOST:PORT of process 0's coordinator.")
+flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-process: this process's index, 0..num_processes-1.")
+flags.DEFINE_integer("parallel", 1, "Sweep mode: runs at a time.", lower_bound=1)
+flags.DEFINE_enum("sweep_emit", "", ["", "slurm"], "Sweep mode: write DIR/sweep.sbatch, a Slurm array of the runs, "
+                  "instead of running them.")
+flags.DEFINE_string("sweep_metric", None, "Sweep mode: the final metric plotted (default: config.best_metric).")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
@@ -49,13 +60,34 @@ def main(argv):
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {argv[1:]}")
     logging.get_absl_handler().addFilter(_own_info_only)
+    if FLAGS.mode == "sweep":
+        return run_sweep()
+    if FLAGS.distributed:
+        import jax
+
+        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     from ml_transformer import main as runner
 
     try:
         runner.run(FLAGS.config, FLAGS.workdir, FLAGS.mode, checkpoint=FLAGS.checkpoint, split=FLAGS.split,
-                   input_path=FLAGS.input, layer=FLAGS.layer, head=FLAGS.head)
+                   input_path=FLAGS.input, layer=FLAGS.layer, head=FLAGS.head, profile_steps=FLAGS.profile_steps)
+    except runner.loop.Preempted as e:
+        logging.warning("%s", e)
     except (ValueError, FileNotFoundError, runner.loop.NonFiniteLoss) as e:
         logging.debug("failure", exc_info=True)
+        sys.exit(f"error: {e}")
+
+
+def run_sweep():
+    """The runs of the config file's `get_sweep`, each this script in train mode with the
+    same config file and argument and this command line's --config overrides."""
+    from ml_transformer import sweep
+
+    try:
+        sweep.run(FLAGS.config, config_flags.get_config_filename(FLAGS["config"]), FLAGS.workdir,
+                  overrides=config_flags.get_override_values(FLAGS["config"]), launcher=os.path.abspath(__file__),
+                  parallel=FLAGS.parallel, emit=FLAGS.sweep_emit, metric=FLAGS.sweep_metric)
+    except ValueError as e:
         sys.exit(f"error: {e}")
 
 

@@ -33,6 +33,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.keep_checkpoints = 2  # the rolling set; the best checkpoint is kept apart
     c.best_metric = "accuracy"  # validation metric that picks --checkpoint=best
     c.final_split = "test"
+    c.micro_batches = 1  # gradient accumulation: each batch in this many slices, one at a time
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # devices along the data-parallel axis; -1 = all remaining
+    c.mesh.fsdp = 1  # devices that parameters and optimizer state are sharded over
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "mnist"

@@ -84,8 +84,9 @@ def overlay(title: str, patch_map: np.ndarray, image: np.ndarray, out_dir: str, 
         ax.imshow(_unit_range(gray), cmap="gray" if gray.ndim == 2 else None, extent=extent)
         ax.axis("off")
     shown = axes[1].imshow(patch_map, cmap="inferno", alpha=0.6, extent=extent, interpolation="nearest")
+    fig.suptitle(title, fontsize=10)
     axes[0].set_title("image", fontsize=9)
-    axes[1].set_title(title, fontsize=9)
+    axes[1].set_title("attention over the patches", fontsize=9)
     fig.colorbar(shown, ax=axes[1], fraction=0.046)
     return _save(fig, _path(out_dir, index, title))
 

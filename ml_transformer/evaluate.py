@@ -40,10 +40,16 @@ def write_eval(workdir: str, split: str, name: str, step: int, metrics: dict,
 def write_table(workdir: str, split: str, results: dict[str, dict]) -> str:
     """Writes `{checkpoint: metrics}` as a markdown table `eval/<split>-all.md`; returns its path."""
     columns = list(dict.fromkeys(k for metrics in results.values() for k in metrics))
-    cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| checkpoint | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(cell(m.get(k, "")) for k in columns) + " |" for name, m in results.items()]
+    rows = [[name, *(m.get(k, "") for k in columns)] for name, m in results.items()]
     path = os.path.join(workdir, "eval", f"{split}-all.md")
     with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write(markdown_table(["checkpoint", *columns], rows))
     return path
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A markdown table, floats to 4 significant digits."""
+    cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"

@@ -8,7 +8,7 @@ import sys
 import jax
 from absl import logging
 
-from ml_transformer import evaluate
+from ml_transformer import config_checks, evaluate
 from ml_transformer.train import loop, partitioning
 from ml_transformer.workdir import save_config
 
@@ -29,15 +29,20 @@ def make_task(config, workdir: str, mesh):
 
 
 def run(config, workdir: str, mode: str = "train", *, checkpoint: str = "latest", split: str = "test",
-        input_path: str | None = None, layer: int = -1, head: int = -1) -> None:
+        input_path: str | None = None, layer: int = -1, head: int = -1, profile_steps: str = "") -> None:
     if mode not in MODES:
         raise ValueError(f"--mode={mode}: not one of {', '.join(MODES)}")
+    config_checks.validate(config)
+    profile = _step_range(profile_steps)
+    mesh = partitioning.mesh_from_config(config)
     os.makedirs(workdir, exist_ok=True)
-    mesh = partitioning.make_mesh()
-    task = make_task(config, workdir, mesh)
+    with partitioning.process_0_first("data and tokenizer"):
+        task = make_task(config, workdir, mesh)
+    lead = jax.process_index() == 0  # the one process that writes files and prints
     if mode == "train":
-        save_config(workdir, config)
-        state = loop.train(task, config, workdir, mesh)
+        if lead:
+            save_config(workdir, config)
+        state = loop.train(task, config, workdir, mesh, profile)
         step = int(state.step)
         report(task, loop.Restored(step, state.params, str(step)), workdir, config.final_split)
     elif mode == "eval" and checkpoint == "all":
@@ -45,8 +50,8 @@ def run(config, workdir: str, mode: str = "train", *, checkpoint: str = "latest"
         for which in loop.saved_checkpoints(config, workdir):
             restored = loop.restore_params(task, config, workdir, mesh, which)
             results[which] = {"step": restored.step, **report(task, restored, workdir, split)}
-        path = evaluate.write_table(workdir, split, results)
-        if jax.process_index() == 0:
+        if lead:
+            path = evaluate.write_table(workdir, split, results)
             print(f"\n{open(path, encoding='utf-8').read()}\nwrote {path}")
     elif mode == "eval":
         report(task, loop.restore_params(task, config, workdir, mesh, checkpoint), workdir, split)
@@ -66,8 +71,8 @@ def report(task, restored: loop.Restored, workdir: str, split: str) -> dict:
     """Full evaluation of a split: writes eval/<split>-<name>.{json,tsv}, prints a summary."""
     params, step = restored.params, restored.step
     metrics, rows = task.evaluate(params, split, step, full=True)
-    stem = evaluate.write_eval(workdir, split, restored.name, step, metrics, rows)
     if jax.process_index() == 0:
+        stem = evaluate.write_eval(workdir, split, restored.name, step, metrics, rows)
         summary = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
         label = "" if restored.name == str(step) else f" ({restored.name})"
         print(f"{split} @ step {step}{label}: {summary}")
@@ -76,6 +81,16 @@ def report(task, restored: loop.Restored, workdir: str, split: str) -> dict:
         print(f"\nwrote {stem}.json" + (f" and {stem}.tsv" if rows is not None else ""))
     logging.info("%s @ %d: %s", split, step, metrics)
     return metrics
+
+
+def _step_range(text: str) -> tuple[int, int] | None:
+    """'A:B' → (A, B) with 0 <= A < B; '' → None."""
+    if not text:
+        return None
+    start, _, stop = text.partition(":")
+    if not (start.isdigit() and stop.isdigit() and int(start) < int(stop)):
+        raise ValueError(f"--profile_steps={text}: expected A:B, steps with A < B")
+    return int(start), int(stop)
 
 
 def _read_lines(path: str | None) -> list[str]:

@@ -8,12 +8,17 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def launch(*args, stdin=None) -> subprocess.CompletedProcess:
-    """`python launch.py ARGS` from the repository root, output captured."""
+def launch(*args, stdin=None, env=None) -> subprocess.CompletedProcess:
+    """`python launch.py ARGS` from the repository root, output captured; `env` adds
+    environment variables."""
     return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "launch.py"), *args],
-        input=stdin, capture_output=True, text=True, cwd=ROOT, timeout=600,
+        launch_command(*args), input=stdin, capture_output=True, text=True, cwd=ROOT, timeout=600,
+        env={**os.environ, **(env or {})},
     )
+
+
+def launch_command(*args) -> list[str]:
+    return [sys.executable, os.path.join(ROOT, "launch.py"), *args]
 
 
 def experiment_config(name: str, arg: str | None = None):

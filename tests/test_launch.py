@@ -120,6 +120,26 @@ def test_bad_input_fails_with_one_line_naming_it(trained, args, culprit):
     assert sorted(os.listdir(workdir / "checkpoints")) == before  # nothing saved is lost
 
 
+@pytest.mark.parametrize(
+    "args, culprit",
+    [
+        (["--config.model.num_heads=3"], "config.model.num_heads=3"),  # d_model 32
+        (["--config.optimizer.learning_rate=-1"], "config.optimizer.learning_rate=-1"),
+        (["--config.model.dropout_rate=1.5"], "config.model.dropout_rate=1.5"),
+        (["--config.micro_batches=0"], "config.micro_batches=0"),
+        (["--config.mesh.fsdp=3"], "config.mesh"),  # one device
+        (["--profile_steps=5"], "--profile_steps=5"),
+    ],
+)
+def test_a_config_that_cannot_work_fails_before_compiling_anything(tmp_path, args, culprit):
+    result = launch(*smoke_args(tmp_path / "run", tmp_path / "data"), *args, env={"JAX_LOG_COMPILES": "1"})
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and culprit in last, result.stderr[-2000:]
+    assert "Compiling" not in result.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()  # nor read any data
+
+
 def test_unknown_config_argument_fails(tmp_path):
     result = launch("--config=experiments/translate_bible.py:en-xx", f"--workdir={tmp_path}")
     assert result.returncode != 0

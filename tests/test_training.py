@@ -2,11 +2,13 @@
 
 import functools
 import json
+import re
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from ml_transformer.data.pipeline import TrainBatches
@@ -17,6 +19,8 @@ from ml_transformer.tasks.translation import seq2seq_loss, translate
 from ml_transformer.train import loop, partitioning
 from ml_transformer.train.losses import token_metrics
 from ml_transformer.train.schedules import transformer_schedule
+from ml_transformer.train.state import TrainState
+from ml_transformer.train.steps import train_step
 
 BOS, EOS, VOCAB = 2, 3, 16
 
@@ -57,6 +61,7 @@ def toy_config(total_steps, **optimizer):
     c.eval_every_steps = c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 2
     c.best_metric = "steps_seen"
+    c.micro_batches = 1
     c.model = ml_collections.ConfigDict({"d_model": 32})
     c.optimizer = ml_collections.ConfigDict(
         dict(name="adam", b1=0.9, b2=0.98, eps=1e-9, weight_decay=0.0, schedule="transformer",
@@ -151,6 +156,56 @@ def test_best_checkpoint_is_kept_apart_and_averages_are_means(tmp_path, mesh):
     config.total_steps = 10  # resuming keeps the best found so far
     loop.train(task, config, workdir, mesh)
     assert loop.restore_params(task, config, workdir, mesh, "best").step == 4
+
+
+@pytest.mark.parametrize("micro_batches", [2, 3])
+def test_micro_batches_accumulate_to_the_gradient_of_the_whole_batch(micro_batches):
+    task = ReverseTask(dropout_rate=0.0)  # 6 pairs of different lengths: slices weigh by tokens
+    tx = optax.sgd(1.0)  # the update is minus the gradient itself
+    state = TrainState.create(task.init_params(jax.random.key(0)), tx)
+    batch = task.train_batches()[0]
+    step = functools.partial(train_step, state, batch, jax.random.key(1), loss_fn=task.loss_fn, tx=tx, unit="tokens")
+    (whole, whole_sums), (sliced, sliced_sums) = step(), step(micro_batches=micro_batches)
+    for a, b, before in zip(jax.tree.leaves(whole.params), jax.tree.leaves(sliced.params),
+                            jax.tree.leaves(state.params)):
+        np.testing.assert_allclose(a - before, b - before, rtol=1e-4, atol=1e-7)
+    for key in ("loss_sum", "tokens"):
+        assert float(whole_sums[key]) == pytest.approx(float(sliced_sums[key]), rel=1e-6)
+    with pytest.raises(ValueError, match="micro_batches=4 does not divide the batch of 6 rows"):
+        step(micro_batches=4)
+
+
+def test_an_unreadable_latest_checkpoint_is_set_aside_and_the_one_before_resumes(tmp_path, mesh, caplog):
+    task = ReverseTask(dropout_rate=0.3)
+    config = toy_config(8)
+    config.checkpoint_every_steps, config.keep_checkpoints = 2, 3
+    straight = loop.train(task, config, str(tmp_path / "straight"), mesh)
+    config.total_steps = 6
+    loop.train(task, config, str(tmp_path / "damaged"), mesh)
+    latest = tmp_path / "damaged" / "checkpoints" / "6"
+    for path in latest.rglob("*"):
+        if path.is_file() and path.stat().st_size > 0:
+            path.write_bytes(b"\0garbage" * 3)
+    config.total_steps = 8
+    with caplog.at_level("WARNING"):
+        resumed = loop.train(task, config, str(tmp_path / "damaged"), mesh)
+    assert "step 6 cannot be read" in caplog.text
+    assert (tmp_path / "damaged" / "checkpoints" / "unreadable-6").is_dir()  # kept, out of the way
+    for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_non_finite_loss_stops_at_its_step_and_leaves_the_checkpoints_before_it(tmp_path, mesh):
+    task = ReverseTask(dropout_rate=0.0)
+    config = toy_config(50, learning_rate=1e35, warmup_steps=1)  # steps of ~1e34: overflow
+    config.checkpoint_every_steps = 1
+    with pytest.raises(loop.NonFiniteLoss, match=r"at step (\d+)") as failure:
+        loop.train(task, config, str(tmp_path), mesh)
+    bad = int(re.search(r"at step (\d+)", str(failure.value)).group(1))
+    assert 1 < bad < 50
+    restored = loop.restore_params(task, config, str(tmp_path), mesh)
+    assert restored.step == bad - 1
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored.params))
 
 
 def read_jsonl(path):

@@ -23,6 +23,8 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ml_transformer.data.builders import prepared
+
 # Pair name -> (source, target) translation codes (`bbName` in the database).
 PAIRS: Mapping[str, tuple[str, str]] = {
     'en-fr': ('4', 'l'),  # World English Bible -> Louis Segond 1910
@@ -135,9 +137,7 @@ def prepare(pair: str = 'en-fr', data_dir: str | None = None) -> BibleParallel:
     """Returns the builder for `pair`, preparing its files on first use."""
     if pair not in PAIRS:
         raise ValueError(f'Unknown Bible pair {pair!r}; known pairs: {", ".join(PAIRS)}.')
-    builder = BibleParallel(config=pair, data_dir=data_dir)
-    builder.download_and_prepare()
-    return builder
+    return prepared(lambda: BibleParallel(config=pair, data_dir=data_dir))
 
 
 def load_splits(pair: str = 'en-fr', data_dir: str | None = None) -> dict:

@@ -15,6 +15,8 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ml_transformer.data.builders import prepared
+
 SPLITS = ("train", "validation", "test")
 FRACTIONS = (0.70, 0.15)  # train, validation; test takes the rest
 SPLIT_SEED = 0
@@ -83,6 +85,4 @@ class Digits(tfds.core.GeneratorBasedBuilder):
 
 def prepare(data_dir: str | None = None) -> Digits:
     """The builder, its files prepared on first use."""
-    builder = Digits(data_dir=data_dir)
-    builder.download_and_prepare()
-    return builder
+    return prepared(lambda: Digits(data_dir=data_dir))

@@ -177,6 +177,12 @@ def _process_rows(ids: np.ndarray) -> np.ndarray:
     return np.array_split(ids, jax.process_count())[jax.process_index()]
 
 
+def _process_key() -> tuple[int, ...]:
+    """Keeps each process's augmentation draws its own; empty with one process, so that a
+    single-process run's draws depend on (seed, step) alone."""
+    return (jax.process_index(),) if jax.process_count() > 1 else ()
+
+
 # ---------------------------------------------------------------- the contract
 class ImageData:
     """The classification data contract (`tasks/classification.py`) over TFDS data sources
@@ -227,7 +233,7 @@ class ImageData:
     def _train_batch(self, examples, seed: int, batch_size: int, step: int) -> dict:
         epoch, index = divmod(step, len(examples) // batch_size)
         ids = epoch_order(len(examples), seed, epoch)[index * batch_size:(index + 1) * batch_size]
-        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(AUGMENT_STREAM, step)))
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(AUGMENT_STREAM, step, *_process_key())))
         images, labels = examples.read(_process_rows(ids))
         inputs = normalize(self.train_images(images, rng))
         if self.mixup_alpha > 0:

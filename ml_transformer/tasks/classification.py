@@ -102,7 +102,7 @@ class ClassificationTask:
         self.config, self.mesh = config, mesh
         self.data = _resolve(DATASETS, config.data.name, "config.data.name")(config, workdir)
         self.model = _resolve(MODELS, config.model.name, "config.model.name")(config.model, self.data.num_classes)
-        self.batch_multiple = mesh.devices.size
+        self.batch_multiple = mesh.devices.size * config.micro_batches  # rows split over devices and slices
         self.resize_param = vit.resize_restored if isinstance(self.model, vit.ViT) else None
         self._eval_step = jax.jit(functools.partial(eval_step, loss_fn=self.loss_fn))
         self._predict = jax.jit(lambda params, inputs: probabilities(self.model.apply({"params": params}, inputs)))

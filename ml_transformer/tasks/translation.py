@@ -92,7 +92,7 @@ class TranslationTask:
         self.sources = builder.as_data_source()
         self.tokenizer = prepare_tokenizer(config, builder, workdir)
         self.model = Seq2Seq(model_config(config, self.tokenizer.vocab_size, self.tokenizer.bos_id))
-        self.batch_multiple = mesh.devices.size
+        self.batch_multiple = mesh.devices.size * config.micro_batches  # rows split over devices and slices
         self._train_batches = None
         self._translate = jax.jit(
             functools.partial(

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 BEST = "best"
 LOWER_IS_BETTER = ("loss", "nll", "perplexity")
@@ -64,6 +65,19 @@ class Checkpoints:
         ShapeDtypeStruct with `sharding`): a target that restores it as it was saved."""
         tree = self.manager.item_metadata(step)["state"]
         return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree)
+
+    def set_aside(self, step: int) -> str:
+        """Moves the checkpoint at `step` out of the rolling set, to `unreadable-<step>`
+        beside it (kept for inspection); returns its new path."""
+        self.manager.wait_until_finished()
+        directory = os.fspath(self.manager.directory)
+        path = os.path.join(directory, f"unreadable-{step}")
+        if jax.process_index() == 0:
+            os.replace(os.path.join(directory, str(step)), path)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
+        self.manager.reload()
+        return path
 
     def meta(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta

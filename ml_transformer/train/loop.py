@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import signal
 from typing import Any, NamedTuple
 
 import grain
@@ -17,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from ml_transformer.train import partitioning
 from ml_transformer.train.checkpoints import BEST, BestCheckpoint, Checkpoints, fit_params
@@ -35,12 +37,12 @@ def build_state(task, config, mesh):
     """(optimizer, abstract state with shardings, a function making the initial state)."""
     schedule = make_schedule(config)
     tx = make_optimizer(config, schedule)
-    repl = partitioning.replicated(mesh)
-    init = jax.jit(lambda rng: TrainState.create(task.init_params(rng), tx), out_shardings=repl)
+    create = lambda rng: TrainState.create(task.init_params(rng), tx)  # noqa: E731
     init_rng = jax.random.fold_in(jax.random.key(config.seed), 0)
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), jax.eval_shape(init, init_rng)
-    )
+    shapes = jax.eval_shape(create, init_rng)
+    shardings = partitioning.state_shardings(shapes, mesh)
+    init = jax.jit(create, out_shardings=shardings)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
     return tx, schedule, abstract, functools.partial(init, init_rng)
 
 
@@ -117,26 +119,29 @@ def _shapes(tree) -> list:
     return [(path, tuple(x.shape)) for path, x in jax.tree_util.tree_leaves_with_path(tree)]
 
 
-def train(task, config, workdir: str, mesh) -> TrainState:
-    """Trains to `config.total_steps`, resuming from the latest checkpoint in `workdir`."""
+class Preempted(Exception):
+    """Training stopped on SIGTERM after saving a checkpoint; the next start resumes."""
+
+
+def train(task, config, workdir: str, mesh, profile_steps: tuple[int, int] | None = None) -> TrainState:
+    """Trains to `config.total_steps`, resuming from the latest readable checkpoint in
+    `workdir`. SIGTERM saves a checkpoint at the end of the current step and raises
+    Preempted; `profile_steps` (A, B) writes a JAX profiler trace of steps A..B-1 to `DIR/profile`."""
     tx, schedule, abstract, init = build_state(task, config, mesh)
     checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
     best = BestCheckpoint(os.path.join(workdir, "checkpoints", BEST), config.best_metric)
-    start = checkpoints.latest_step()
-    if start is None:
+    state, start = _resume(checkpoints, abstract)
+    if state is None:
         state, start = init(), 0
-    else:
-        fit_params(checkpoints.saved_layout(start, None)["params"], abstract.params)  # names a mismatch
-        state, _ = checkpoints.restore(start, abstract)
-        logging.info("Resumed from the checkpoint at step %d", start)
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
     logging.info("Model: %s parameters", f"{num_params:,}")
 
+    shardings = jax.tree.map(lambda x: x.sharding, abstract)
     repl, data = partitioning.replicated(mesh), partitioning.data_sharded(mesh)
     step_fn = jax.jit(
-        functools.partial(train_step, loss_fn=task.loss_fn, tx=tx),
-        in_shardings=(repl, data, repl),
-        out_shardings=(repl, repl),
+        functools.partial(train_step, loss_fn=task.loss_fn, tx=tx, unit=task.unit, micro_batches=config.micro_batches),
+        in_shardings=(shardings, data, repl),
+        out_shardings=(shardings, repl),
         donate_argnums=0,
     )
     dropout_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
@@ -146,24 +151,30 @@ def train(task, config, workdir: str, mesh) -> TrainState:
     step = start
     batches = iter(task.train_batches()[start:].to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)))
     try:
-        while step < config.total_steps:
-            batch = partitioning.to_global(next(batches), mesh)
-            state, sums = step_fn(state, batch, dropout_rng)
-            pending.append(sums)
-            step += 1
-            last = step == config.total_steps
-            if last or any(step % n == 0 for n in (config.log_every_steps, config.checkpoint_every_steps)):
-                _log_train(writer, progress, pending, step, float(schedule(step - 1)))
-                pending = []
-            if step % config.eval_every_steps == 0 or last:
-                metrics, _ = task.evaluate(state.params, "validation", step)
-                writer.write(step, {f"eval/{k}": v for k, v in metrics.items()})
-                progress.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-                best.offer(step, state, metrics)
-                progress.reset_clock()
-            if step % config.checkpoint_every_steps == 0 or last:
-                checkpoints.save(step, state, {"step": step})
-                progress.reset_clock()
+        with _StopRequest() as stop, _Profile(workdir, profile_steps) as profile:
+            while step < config.total_steps:
+                profile.at(step)
+                batch = partitioning.to_global(next(batches), mesh)
+                state, sums = step_fn(state, batch, dropout_rng)
+                pending.append(sums)
+                step += 1
+                last = step == config.total_steps
+                preempted = stop.requested(step)
+                saves = (config.eval_every_steps, config.checkpoint_every_steps)  # checked for finite loss first
+                if last or preempted or any(step % n == 0 for n in (config.log_every_steps, *saves)):
+                    _log_train(writer, progress, pending, step, float(schedule(step - 1)))
+                    pending = []
+                if step % config.eval_every_steps == 0 or last:
+                    metrics, _ = task.evaluate(state.params, "validation", step)
+                    writer.write(step, {f"eval/{k}": v for k, v in metrics.items()})
+                    progress.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+                    best.offer(step, state, metrics)
+                    progress.reset_clock()
+                if step % config.checkpoint_every_steps == 0 or last or preempted:
+                    checkpoints.save(step, state, {"step": step})
+                    progress.reset_clock()
+                if preempted:
+                    raise Preempted(f"stopped by SIGTERM after step {step}, saved a checkpoint; the next start resumes")
     finally:
         progress.close()
         checkpoints.wait()
@@ -173,11 +184,89 @@ def train(task, config, workdir: str, mesh) -> TrainState:
     return state
 
 
+def _resume(checkpoints: Checkpoints, abstract) -> tuple[TrainState | None, int]:
+    """The latest readable checkpoint's state and step, or (None, 0) when there is none.
+    A checkpoint that cannot be read is set aside with a warning and the one before it
+    tried; a checkpoint of a model with other shapes is a ValueError naming the parameter."""
+    for step in sorted(checkpoints.steps(), reverse=True):
+        try:
+            saved = checkpoints.saved_layout(step, None)
+        except Exception as e:  # noqa: BLE001 - any failure to read means the same: unusable
+            _set_aside(checkpoints, step, e)
+            continue
+        fit_params(saved["params"], abstract.params)  # a mismatch is the config's fault: raise
+        try:
+            state, _ = checkpoints.restore(step, abstract)
+        except Exception as e:  # noqa: BLE001
+            _set_aside(checkpoints, step, e)
+            continue
+        logging.info("Resumed from the checkpoint at step %d", step)
+        return state, step
+    return None, 0
+
+
+def _set_aside(checkpoints: Checkpoints, step: int, error: Exception) -> None:
+    path = checkpoints.set_aside(step)
+    logging.warning("The checkpoint at step %d cannot be read (%s: %s); moved it to %s and trying the one before",
+                    step, type(error).__name__, str(error).splitlines()[0] if str(error) else "", path)
+
+
+class _StopRequest:
+    """SIGTERM → stop at the end of the current step. With many processes JAX's preemption
+    service (which handles SIGTERM itself) makes them agree on the step."""
+
+    def __enter__(self):
+        self.signalled = False
+        self.multiprocess = jax.process_count() > 1
+        if not self.multiprocess:
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signalled = True
+
+    def requested(self, step: int) -> bool:
+        return multihost_utils.reached_preemption_sync_point(step) if self.multiprocess else self.signalled
+
+    def __exit__(self, *exc):
+        if not self.multiprocess:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+class _Profile:
+    """A JAX profiler trace of steps [A, B) into `DIR/profile` (TensorBoard's profile tab)."""
+
+    def __init__(self, workdir: str, steps: tuple[int, int] | None):
+        self.directory, self.steps, self.running = os.path.join(workdir, "profile"), steps, False
+
+    def __enter__(self):
+        return self
+
+    def at(self, step: int) -> None:
+        if self.steps and step == self.steps[0]:
+            jax.profiler.start_trace(self.directory)
+            self.running = True
+        elif self.running and step == self.steps[1]:
+            self._stop()
+
+    def _stop(self) -> None:
+        jax.profiler.stop_trace()
+        self.running = False
+        logging.info("Wrote a profiler trace of steps %d-%d to %s", self.steps[0], self.steps[1] - 1, self.directory)
+
+    def __exit__(self, *exc):
+        if self.running:
+            self._stop()
+
+
 def _log_train(writer: MetricWriter, progress: Progress, pending: list[dict], step: int, lr: float) -> None:
-    sums = jax.tree.map(lambda *xs: float(np.sum(xs)), *jax.device_get(pending))
+    pending = jax.device_get(pending)
+    for n, sums in enumerate(pending):
+        if not np.isfinite(sums["loss_sum"]):
+            raise NonFiniteLoss(f"non-finite training loss at step {step - len(pending) + n + 1}; "
+                                "the checkpoints saved before it are intact")
+    sums = jax.tree.map(lambda *xs: float(np.sum(xs)), *pending)
     metrics = summarize(sums, progress.unit)
-    if not np.isfinite(metrics["loss"]):
-        raise NonFiniteLoss(f"non-finite training loss {metrics['loss']} at step {step}")
     rate = progress.update(step, metrics["loss"], sums[progress.unit])
     metrics = {
         **metrics,

@@ -1,20 +1,42 @@
 """The device mesh and the shardings of state and batches.
 
-Parameters and optimizer state are replicated; batches are global arrays split along the
-mesh's `data` axis. One device, many devices and many hosts run the same code.
+The mesh has axes `data` and `fsdp` (`config.mesh.data` x `config.mesh.fsdp` devices, -1 =
+all remaining). Batches are global arrays whose rows are split over every device (both
+axes); parameters and optimizer state are split over `fsdp` along their largest axis that
+divides evenly (fully sharded data parallelism) and replicated over `data`. With fsdp 1
+everything is replicated: plain data parallelism. One device, many devices and many hosts
+run the same code.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+AXES = ("data", "fsdp")
 
-def make_mesh(devices=None) -> Mesh:
-    """A 1-D mesh with axis `data` over all (or the given) devices."""
+
+def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
+    """A `data` x `fsdp` mesh over all (or the given) devices; -1 for one of the two sizes
+    takes all remaining devices. ValueError naming `config.mesh` if they do not fit."""
     devices = np.asarray(jax.devices() if devices is None else devices)
-    return Mesh(devices, ("data",))
+    count = devices.size
+    if data == -1 and fsdp == -1 or data == 0 or fsdp == 0 or min(data, fsdp) < -1:
+        raise ValueError(f"config.mesh: data={data}, fsdp={fsdp}; each must be positive, or -1 for one of them")
+    data = count // fsdp if data == -1 else data
+    fsdp = count // data if fsdp == -1 else fsdp
+    if data * fsdp != count:
+        raise ValueError(f"config.mesh: data={data} x fsdp={fsdp} does not match the {count} devices")
+    return Mesh(devices.reshape(data, fsdp), AXES)
+
+
+def mesh_from_config(config) -> Mesh:
+    mesh = config.get("mesh") or {}
+    return make_mesh(mesh.get("data", -1), mesh.get("fsdp", 1))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -22,11 +44,39 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def data_sharded(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split over `data`."""
-    return NamedSharding(mesh, P("data"))
+    """Leading (batch) axis split over every device."""
+    return NamedSharding(mesh, P(AXES))
+
+
+def param_sharding(mesh: Mesh, shape: tuple[int, ...]) -> NamedSharding:
+    """Split over `fsdp` along the largest axis it divides (the first of equals); replicated
+    if none or if fsdp is 1."""
+    fsdp = mesh.shape["fsdp"]
+    fits = [(size, -axis) for axis, size in enumerate(shape) if fsdp > 1 and size % fsdp == 0]
+    if not fits:
+        return replicated(mesh)
+    axis = -max(fits)[1]
+    return NamedSharding(mesh, P(*([None] * axis), "fsdp"))
+
+
+def state_shardings(tree, mesh: Mesh):
+    """The sharding of every leaf of a state pytree (arrays or ShapeDtypeStructs)."""
+    return jax.tree.map(lambda x: param_sharding(mesh, tuple(x.shape)), tree)
 
 
 def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """This process's rows of a batch → global arrays sharded over `data`."""
+    """This process's rows of a batch → global arrays sharded over every device."""
     sharding = data_sharded(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+@contextlib.contextmanager
+def process_0_first(name: str):
+    """Runs the block on process 0 before the other processes (which wait): files it
+    prepares on a shared disk are then read, not written again, by the others."""
+    many = jax.process_count() > 1
+    if many and jax.process_index() != 0:
+        multihost_utils.sync_global_devices(name)
+    yield
+    if many and jax.process_index() == 0:
+        multihost_utils.sync_global_devices(name)

@@ -1,0 +1,146 @@
+"""Training at scale through `launch.py` on the digits ViT: one device, eight devices
+(data and fsdp meshes), two processes, and runs interrupted by SIGTERM and SIGKILL all
+end with the parameters and losses of one uninterrupted single-device run. Images are
+not shifted: each process draws its own augmentations, which a single process cannot
+reproduce."""
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import time
+
+import jax
+import numpy as np
+import pytest
+from conftest import ROOT, launch, launch_command
+
+from ml_transformer.train.checkpoints import Checkpoints
+
+STEPS = 40
+
+
+def run_args(workdir, data_dir, *extra):
+    return [
+        "--config=experiments/vit_digits.py:smoke", f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
+        f"--config.total_steps={STEPS}", "--config.log_every_steps=1", "--config.checkpoint_every_steps=2",
+        f"--config.eval_every_steps={STEPS}", "--config.keep_checkpoints=3", "--config.data.crop_padding=0", *extra,
+    ]
+
+
+def devices(count: int) -> dict:
+    return {"XLA_FLAGS": f"--xla_force_host_platform_device_count={count}"}
+
+
+def final(workdir):
+    """(losses by step as last logged, parameters of the last checkpoint, final test metrics)."""
+    losses = {}
+    for line in (workdir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "train/loss" in record:
+            losses[record["step"]] = record["train/loss"]
+    checkpoints = Checkpoints(str(workdir / "checkpoints"))
+    step = checkpoints.latest_step()
+    layout = checkpoints.saved_layout(step, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    params = checkpoints.restore(step, layout)[0]["params"]
+    checkpoints.close()
+    test = json.loads((workdir / "eval" / f"test-{step}.json").read_text())
+    return losses, params, {k: v for k, v in test.items() if k not in ("split", "checkpoint")}
+
+
+def assert_same_run(a, b, atol):
+    (losses_a, params_a, test_a), (losses_b, params_b, test_b) = a, b
+    assert sorted(losses_a) == sorted(losses_b) == list(range(1, STEPS + 1))
+    np.testing.assert_allclose([losses_a[s] for s in losses_a], [losses_b[s] for s in losses_a], atol=atol)
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(params_a), jax.tree.leaves(params_b), strict=True):
+        # Softmax ignores the key bias (it shifts all of a query's scores alike): its gradient
+        # is rounding noise, which Adam scales up to full steps, differently per layout.
+        if atol and "'key']['bias']" in jax.tree_util.keystr(path):
+            continue
+        np.testing.assert_allclose(x, y, atol=atol, err_msg=jax.tree_util.keystr(path))
+    assert test_a.keys() == test_b.keys()
+    np.testing.assert_allclose(list(test_a.values()), list(test_b.values()), atol=atol)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("tfds")
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, data_dir):
+    """One uninterrupted run on one device, profiled at steps 3-4."""
+    workdir = tmp_path_factory.mktemp("one_device")
+    result = launch(*run_args(workdir, data_dir, "--profile_steps=3:5"), env=devices(1))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run):
+    return final(reference_run)
+
+
+def test_profile_steps_write_a_trace_for_tensorboard(reference_run):
+    assert list((reference_run / "profile").rglob("*.xplane.pb"))
+
+
+@pytest.mark.parametrize("mesh", [["--config.mesh.data=8"], ["--config.mesh.data=2", "--config.mesh.fsdp=4"]],
+                         ids=["data8", "data2-fsdp4"])
+def test_eight_devices_train_as_one(tmp_path, data_dir, reference, mesh):
+    result = launch(*run_args(tmp_path, data_dir, *mesh), env=devices(8))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_run(final(tmp_path), reference, atol=1e-5)
+
+
+def test_two_processes_train_as_one(tmp_path, data_dir, reference):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = run_args(tmp_path, data_dir, "--config.mesh.data=4", "--config.mesh.fsdp=2", "--distributed",
+                    f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2")
+    env = {**os.environ, **devices(4)}
+    logs = [tmp_path / f"process{i}.log" for i in range(2)]  # files, not pipes: an undrained pipe blocks its writer
+    processes = []
+    for i, log in enumerate(logs):
+        with log.open("w") as out:
+            processes.append(subprocess.Popen(launch_command(*args, f"--process_id={i}"), cwd=ROOT, env=env,
+                                              stdout=out, stderr=subprocess.STDOUT))
+    for p, log in zip(processes, logs):
+        assert p.wait(timeout=600) == 0, log.read_text()[-3000:]
+    outputs = [log.read_text() for log in logs]
+    assert "test @ step" in outputs[0] and "test @ step" not in outputs[1]  # only process 0 reports
+    assert_same_run(final(tmp_path), reference, atol=1e-5)
+
+
+def test_runs_stopped_by_sigterm_and_killed_by_sigkill_resume_to_the_same_end(tmp_path, data_dir, reference):
+    """Stops: SIGTERM once checkpoint 4 exists, then SIGKILL at random moments after
+    checkpoints 14 and 26; each restart resumes."""
+    rng = random.Random(0)
+    stops = [(4, signal.SIGTERM), (14, signal.SIGKILL), (26, signal.SIGKILL)]
+    checkpoints = tmp_path / "checkpoints"
+    for n, (after, sig) in enumerate(stops):
+        log = tmp_path / f"start{n}.log"
+        with log.open("w") as out:
+            process = subprocess.Popen(launch_command(*run_args(tmp_path, data_dir)), cwd=ROOT,
+                                       stdout=subprocess.DEVNULL, stderr=out)
+        while not any(p.name.isdigit() and int(p.name) >= after for p in checkpoints.glob("*")):
+            assert process.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.2))
+        assert process.poll() is None, "the run ended before the signal"
+        process.send_signal(sig)
+        process.wait(timeout=120)
+        saved = sorted(int(p.name) for p in checkpoints.glob("*") if p.name.isdigit())
+        print(f"{sig.name} with checkpoints {saved} saved")
+        if sig == signal.SIGTERM:
+            assert process.returncode == 0, log.read_text()[-3000:]
+            assert "stopped by SIGTERM after step" in log.read_text()
+        else:
+            assert process.returncode == -signal.SIGKILL
+    result = launch(*run_args(tmp_path, data_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Resumed from the checkpoint at step" in result.stderr
+    assert_same_run(final(tmp_path), reference, atol=0)
