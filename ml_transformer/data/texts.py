@@ -28,6 +28,7 @@ from absl import logging
 from ml_transformer.data import bible
 from ml_transformer.data.pipeline import TrainBatches, decode_text
 from ml_transformer.data.tokenizer import Tokenizer, cached_tokenizer
+from ml_transformer.train import partitioning
 
 SPLITS = ("train", "validation", "test")
 BIBLE_PAIR = "en-fr"
@@ -95,6 +96,7 @@ class TextClassification:
 
     def __init__(self, read: Reader, tokenizer: Tokenizer, label_names: list[str], *, max_len: int,
                  batch_tokens: int = 0, clean: Callable[[str], str] = str.strip):
+        partitioning.require_single_process("text classification")
         self._read, self.tokenizer, self.label_names = read, tokenizer, label_names
         self.max_len, self.batch_tokens, self._clean = max_len, batch_tokens, clean
         self.num_classes = len(label_names)

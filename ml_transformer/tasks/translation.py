@@ -87,6 +87,7 @@ class TranslationTask:
     unit = "tokens"
 
     def __init__(self, config, workdir: str, mesh):
+        partitioning.require_single_process("translation")
         self.config, self.mesh = config, mesh
         builder = bible.prepare(config.data.pair, config.data.data_dir or None)
         self.sources = builder.as_data_source()

@@ -148,6 +148,8 @@ def train(task, config, workdir: str, mesh, profile_steps: tuple[int, int] | Non
     writer = MetricWriter(workdir)
     progress = Progress(start, config.total_steps, task.unit)
     pending: list[dict] = []
+    # Losses are checked for finite values when logged: always before anything is saved.
+    logged_every = (config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps)
     step = start
     batches = iter(task.train_batches()[start:].to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)))
     try:
@@ -160,8 +162,7 @@ def train(task, config, workdir: str, mesh, profile_steps: tuple[int, int] | Non
                 step += 1
                 last = step == config.total_steps
                 preempted = stop.requested(step)
-                saves = (config.eval_every_steps, config.checkpoint_every_steps)  # checked for finite loss first
-                if last or preempted or any(step % n == 0 for n in (config.log_every_steps, *saves)):
+                if last or preempted or any(step % n == 0 for n in logged_every):
                     _log_train(writer, progress, pending, step, float(schedule(step - 1)))
                     pending = []
                 if step % config.eval_every_steps == 0 or last:

@@ -80,3 +80,11 @@ def process_0_first(name: str):
     yield
     if many and jax.process_index() == 0:
         multihost_utils.sync_global_devices(name)
+
+
+def require_single_process(what: str) -> None:
+    """ValueError naming `what` in a multi-process run: for data pipelines that do not yet
+    split their batches between processes."""
+    if jax.process_count() > 1:
+        raise ValueError(f"{what}: runs in one process only (this run has {jax.process_count()}); "
+                         "image classification runs in many")
