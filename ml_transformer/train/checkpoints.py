@@ -31,12 +31,16 @@ def _registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
 
 
 class Checkpoints:
-    """Asynchronous rolling checkpoints (keep the last `keep`) under `directory`."""
+    """Rolling checkpoints (keep the last `keep`) under `directory`, written asynchronously
+    by a single process; several processes write synchronously, as the background commit
+    of an asynchronous save could wait forever on a process busy in a collective."""
 
     def __init__(self, directory: str, keep: int = 3):
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                               enable_async_checkpointing=jax.process_count() == 1)
         self.manager = ocp.CheckpointManager(
             os.path.abspath(directory),
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, create=True),
+            options=options,
             handler_registry=_registry(),
         )
 
