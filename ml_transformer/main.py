@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import sys
 
 import jax
@@ -52,7 +53,7 @@ def run(config, workdir: str, mode: str = "train", *, checkpoint: str = "latest"
             results[which] = {"step": restored.step, **report(task, restored, workdir, split)}
         if lead:
             path = evaluate.write_table(workdir, split, results)
-            print(f"\n{open(path, encoding='utf-8').read()}\nwrote {path}")
+            print(f"\n{pathlib.Path(path).read_text(encoding='utf-8')}\nwrote {path}")
     elif mode == "eval":
         report(task, loop.restore_params(task, config, workdir, mesh, checkpoint), workdir, split)
     elif mode == "predict":

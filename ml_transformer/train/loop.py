@@ -52,13 +52,18 @@ class Restored(NamedTuple):
     name: str  # names the checkpoint in result files: the step, or e.g. 'avg5-2400'
 
 
+def _rolling(config, workdir: str) -> Checkpoints:
+    return Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+
+
+def _best_directory(workdir: str) -> str:
+    return os.path.join(workdir, "checkpoints", BEST)
+
+
 @contextlib.contextmanager
 def _opened(config, workdir: str, best: bool = False):
     """The rolling checkpoints of a workdir, or its best checkpoint."""
-    if best:
-        checkpoints = Checkpoints(os.path.join(workdir, "checkpoints", BEST), keep=1)
-    else:
-        checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+    checkpoints = Checkpoints(_best_directory(workdir), keep=1) if best else _rolling(config, workdir)
     try:
         yield checkpoints
     finally:
@@ -128,8 +133,8 @@ def train(task, config, workdir: str, mesh, profile_steps: tuple[int, int] | Non
     `workdir`. SIGTERM saves a checkpoint at the end of the current step and raises
     Preempted; `profile_steps` (A, B) writes a JAX profiler trace of steps A..B-1 to `DIR/profile`."""
     tx, schedule, abstract, init = build_state(task, config, mesh)
-    checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
-    best = BestCheckpoint(os.path.join(workdir, "checkpoints", BEST), config.best_metric)
+    checkpoints = _rolling(config, workdir)
+    best = BestCheckpoint(_best_directory(workdir), config.best_metric)
     state, start = _resume(checkpoints, abstract)
     if state is None:
         state, start = init(), 0
