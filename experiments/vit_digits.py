@@ -12,10 +12,10 @@ linear warmup then cosine decay, label smoothing 0.1, training images shifted by
 one pixel. 3,000 steps of 128 images (about 305 epochs of the 1,258 training images).
 
 Measured on a 2-core CPU: test accuracy 99.3% (268/270), validation 97.8% (263/269), in
-3.5 min wall with no other job running (4.5 min beside another evaluation) and the data
+2.6 min wall with no other job running (4.5 min beside another evaluation) and the data
 already prepared (the first run prepares it in a few seconds). SVC on the same pixels:
 test 99.6%; logistic regression: 96.3% (`python benchmarks/classifier_baselines.py
---only=digits`). With `pool="gap"`: test 99.6%, validation 99.3%. A run is exactly
+--only=digits`). A run is exactly
 repeatable on one machine and software version.
 
 Sweep (`get_sweep`): learning rate 1e-3, 3e-3, 1e-2 × 2 or 4 layers, 6 runs, the table and
