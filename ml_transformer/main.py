@@ -33,6 +33,8 @@ def run(config, workdir: str, mode: str = "train", *, checkpoint: str = "latest"
         input_path: str | None = None, layer: int = -1, head: int = -1, profile_steps: str = "") -> None:
     if mode not in MODES:
         raise ValueError(f"--mode={mode}: not one of {', '.join(MODES)}")
+    if mode == "attention" and jax.process_count() > 1:
+        raise ValueError(f"--mode=attention: runs in one process (this run has {jax.process_count()})")
     config_checks.validate(config)
     profile = _step_range(profile_steps)
     mesh = partitioning.mesh_from_config(config)
@@ -58,9 +60,9 @@ def run(config, workdir: str, mode: str = "train", *, checkpoint: str = "latest"
         report(task, loop.restore_params(task, config, workdir, mesh, checkpoint), workdir, split)
     elif mode == "predict":
         restored = loop.restore_params(task, config, workdir, mesh, checkpoint)
-        for line in task.predict(restored.params, _read_lines(input_path)):
-            print(line, flush=False)
-        sys.stdout.flush()
+        lines = task.predict(restored.params, _read_lines(input_path))
+        if lead:
+            print("".join(f"{line}\n" for line in lines), end="", flush=True)
     else:
         restored = loop.restore_params(task, config, workdir, mesh, checkpoint)
         out_dir = os.path.join(workdir, "attention", restored.name)

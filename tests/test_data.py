@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from conftest import assert_process_shares_make_the_batch
+
 from ml_transformer.data import bible, pipeline, tokenizer
 
 TOTAL_VERSES = 31_102
@@ -308,3 +310,13 @@ def test_eval_batches_cover_every_example_once():
     assert batches[-1]['valid'].tolist() == [True] * 11 + [False] * 5
     longest = np.maximum([len(s) for s in inputs], [len(s) for s in targets])
     assert seen == np.argsort(-longest, kind='stable').tolist()  # Longest first.
+
+
+def test_each_process_reads_its_share_of_every_batch():
+    inputs, targets = _synthetic(n=300)
+    train = pipeline.TrainBatches(inputs, targets, seed=0, max_len=96, batch_tokens=1024, batch_multiple=4)
+    for step in (0, 1, train.batches_per_epoch + 2):
+        assert_process_shares_make_the_batch(lambda: train[step])
+    for batch in range(3):
+        evaluated = pipeline.eval_batches(inputs, targets, batch_size=40, batch_multiple=4)
+        assert_process_shares_make_the_batch(lambda: evaluated[batch])

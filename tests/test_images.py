@@ -10,6 +10,8 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from conftest import assert_process_shares_make_the_batch
+
 from ml_transformer.data import digits, images
 
 NUM_DIGITS = 1797
@@ -30,12 +32,16 @@ def indices(batch):
     return np.rint((batch["inputs"][:, 0, 0, 0] + 1.0) * 127.5).astype(int)
 
 
-def indexed_data(n, mixup_alpha=0.0):
-    """Data over `indexed_source` splits, without augmentation."""
+def indexed_data(n, mixup_alpha=0.0, padding=0, flip=False):
+    """Data over `indexed_source` splits, without augmentation unless asked."""
     sources = {split: indexed_source(n) for split in ("train", "validation", "test")}
-    no_augmentation = functools.partial(images.crop_flip, padding=0, flip=False)
-    return images.ImageData(sources, [str(d) for d in range(10)], (6, 6, 1), no_augmentation,
+    augmentation = functools.partial(images.crop_flip, padding=padding, flip=flip)
+    return images.ImageData(sources, [str(d) for d in range(10)], (6, 6, 1), augmentation,
                             mixup_alpha=mixup_alpha, in_memory=True)
+
+
+def generators(count):
+    return [np.random.default_rng(i) for i in range(count)]
 
 
 # --- digits ------------------------------------------------------------------------------
@@ -100,6 +106,14 @@ def test_digits_eval_batches_cover_each_example_once(digits_data):
 # --- batches over an indexed toy source --------------------------------------------------
 
 
+def test_each_process_reads_its_share_of_every_batch_augmented_and_mixed_alike():
+    data = indexed_data(50, mixup_alpha=0.4, padding=1, flip=True)
+    train = data.train_batches(seed=0, batch_size=8, batch_multiple=4)
+    evaluated = data.eval_batches("test", batch_size=12, batch_multiple=4)
+    assert_process_shares_make_the_batch(lambda: train[7])
+    assert_process_shares_make_the_batch(lambda: evaluated[len(evaluated) - 1])
+
+
 def test_each_epoch_holds_each_example_at_most_once_in_a_new_order():
     batches = indexed_data(10).train_batches(seed=0, batch_size=4)
     epochs = [np.concatenate([indices(batches[e * 2 + i]) for i in range(2)]) for e in range(3)]
@@ -144,7 +158,7 @@ def test_crop_with_padding_shifts_each_image_by_at_most_the_padding():
     rng = np.random.default_rng(0)
     batch = np.zeros((64, 8, 8, 1), np.uint8)
     batch[:, 1:-1, 1:-1] = rng.integers(1, 256, size=(64, 6, 6, 1))  # a zero border of one pixel
-    out = images.crop_flip(batch, np.random.default_rng(1), padding=1, flip=False)
+    out = images.crop_flip(batch, generators(64), padding=1, flip=False)
     assert out.shape == batch.shape and out.dtype == np.uint8
     shifts = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
     used = set()
@@ -157,7 +171,7 @@ def test_crop_with_padding_shifts_each_image_by_at_most_the_padding():
 
 def test_flip_mirrors_about_half_the_images():
     batch = np.random.default_rng(0).integers(0, 256, size=(200, 4, 4, 3), dtype=np.uint8)
-    out = images.crop_flip(batch, np.random.default_rng(1), padding=0, flip=True)
+    out = images.crop_flip(batch, generators(200), padding=0, flip=True)
     mirrored = np.array([np.array_equal(o, b[:, ::-1]) for o, b in zip(out, batch)])
     kept = np.array([np.array_equal(o, b) for o, b in zip(out, batch)])
     assert (mirrored ^ kept).all() and 60 < mirrored.sum() < 140

@@ -7,7 +7,7 @@ import json
 import os
 
 import pytest
-from conftest import launch
+from conftest import launch, launch_processes
 from PIL import Image
 
 STEPS = 6
@@ -51,6 +51,21 @@ def test_rerun_after_the_last_step_resumes_without_training(trained):
     assert result.returncode == 0, result.stderr[-3000:]
     steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) == STEPS
+
+
+def test_two_single_device_processes_train_and_translate_as_one(trained, tmp_path):
+    """Each process reads half of every batch (the same batches as one device: the batch
+    sizes are even); process 0 gathers the translations and alone reports."""
+    workdir, data_dir, _ = trained
+    outputs = launch_processes(tmp_path, *smoke_args(tmp_path, data_dir), "--config.mesh.data=2", count=2, devices=1)
+    assert "test @ step 6" in outputs[0] and "test @ step" not in outputs[1]
+    records = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+               for run in (workdir, tmp_path)]
+    assert [sorted(r) for r in records[0]] == [sorted(r) for r in records[1]]
+    for one, two in zip(*records):
+        for key in one.keys() - {"train/tokens_per_second"}:
+            assert two[key] == pytest.approx(one[key], rel=1e-5), key
+    assert (tmp_path / "eval" / "test-6.tsv").read_text() == (workdir / "eval" / "test-6.tsv").read_text()
 
 
 def test_eval_mode_restores_a_checkpoint(trained):

@@ -1,21 +1,19 @@
 """Training at scale through `launch.py` on the digits ViT: one device, eight devices
 (data and fsdp meshes), two processes, and runs interrupted by SIGTERM and SIGKILL all
-end with the parameters and losses of one uninterrupted single-device run. Images are
-not shifted: each process draws its own augmentations, which a single process cannot
-reproduce."""
+end with the parameters and losses of one uninterrupted single-device run. The runs shift
+images and mix them up: each process augments its rows of a batch as a single process
+augments the whole batch."""
 
 import json
-import os
 import random
 import signal
-import socket
 import subprocess
 import time
 
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, launch, launch_command
+from conftest import ROOT, finish_processes, launch, launch_command, launch_processes, start_processes
 
 from ml_transformer.train.checkpoints import Checkpoints
 
@@ -26,7 +24,7 @@ def run_args(workdir, data_dir, *extra):
     return [
         "--config=experiments/vit_digits.py:smoke", f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
         f"--config.total_steps={STEPS}", "--config.log_every_steps=1", "--config.checkpoint_every_steps=2",
-        f"--config.eval_every_steps={STEPS}", "--config.keep_checkpoints=3", "--config.data.crop_padding=0", *extra,
+        f"--config.eval_every_steps={STEPS}", "--config.keep_checkpoints=3", "--config.data.mixup_alpha=0.2", *extra,
     ]
 
 
@@ -54,14 +52,26 @@ def assert_same_run(a, b, atol):
     (losses_a, params_a, test_a), (losses_b, params_b, test_b) = a, b
     assert sorted(losses_a) == sorted(losses_b) == list(range(1, STEPS + 1))
     np.testing.assert_allclose([losses_a[s] for s in losses_a], [losses_b[s] for s in losses_a], atol=atol)
+    largest = 0.0
     for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(params_a), jax.tree.leaves(params_b), strict=True):
         # Softmax ignores the key bias (it shifts all of a query's scores alike): its gradient
         # is rounding noise, which Adam scales up to full steps, differently per layout.
         if atol and "'key']['bias']" in jax.tree_util.keystr(path):
             continue
         np.testing.assert_allclose(x, y, atol=atol, err_msg=jax.tree_util.keystr(path))
+        largest = max(largest, float(np.max(np.abs(np.asarray(x) - np.asarray(y)))))
+    print(f"max |loss difference| {max(abs(losses_a[s] - losses_b[s]) for s in losses_a):.2g}, "
+          f"max |parameter difference| {largest:.2g}, final losses {losses_a[STEPS]:.8g} and {losses_b[STEPS]:.8g}")
     assert test_a.keys() == test_b.keys()
     np.testing.assert_allclose(list(test_a.values()), list(test_b.values()), atol=atol)
+
+
+def wait_for_checkpoint(directory, step, processes):
+    """Returns once a checkpoint of `step` or later is in `directory`; fails if a process ends first."""
+    while not any(p.name.isdigit() and int(p.name) >= step for p in directory.glob("*")):
+        for process in processes:
+            assert process.poll() is None, process.log.read_text()[-3000:]
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -95,22 +105,17 @@ def test_eight_devices_train_as_one(tmp_path, data_dir, reference, mesh):
     assert_same_run(final(tmp_path), reference, atol=1e-5)
 
 
-def test_two_processes_train_as_one(tmp_path, data_dir, reference):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    args = run_args(tmp_path, data_dir, "--config.mesh.data=4", "--config.mesh.fsdp=2", "--distributed",
-                    f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2")
-    env = {**os.environ, **devices(4)}
-    logs = [tmp_path / f"process{i}.log" for i in range(2)]  # files, not pipes: an undrained pipe blocks its writer
-    processes = []
-    for i, log in enumerate(logs):
-        with log.open("w") as out:
-            processes.append(subprocess.Popen(launch_command(*args, f"--process_id={i}"), cwd=ROOT, env=env,
-                                              stdout=out, stderr=subprocess.STDOUT))
-    for p, log in zip(processes, logs):
-        assert p.wait(timeout=600) == 0, log.read_text()[-3000:]
-    outputs = [log.read_text() for log in logs]
+def test_two_processes_stopped_by_sigterm_resume_and_train_as_one(tmp_path, data_dir, reference):
+    """SIGTERM to one process (once checkpoint 6 exists) stops both after the same step,
+    with a checkpoint; two new processes resume from it."""
+    args = run_args(tmp_path, data_dir, "--config.mesh.data=4", "--config.mesh.fsdp=2")
+    processes = start_processes(tmp_path, *args, count=2, devices=4)
+    wait_for_checkpoint(tmp_path / "checkpoints", 6, processes)
+    processes[1].send_signal(signal.SIGTERM)
+    stopped = finish_processes(processes)
+    assert all("stopped by SIGTERM after step" in output for output in stopped)
+    outputs = launch_processes(tmp_path, *args, count=2, devices=4)
+    assert all("Resumed from the checkpoint at step" in output for output in outputs)
     assert "test @ step" in outputs[0] and "test @ step" not in outputs[1]  # only process 0 reports
     assert_same_run(final(tmp_path), reference, atol=1e-5)
 
@@ -126,9 +131,8 @@ def test_runs_stopped_by_sigterm_and_killed_by_sigkill_resume_to_the_same_end(tm
         with log.open("w") as out:
             process = subprocess.Popen(launch_command(*run_args(tmp_path, data_dir)), cwd=ROOT,
                                        stdout=subprocess.DEVNULL, stderr=out)
-        while not any(p.name.isdigit() and int(p.name) >= after for p in checkpoints.glob("*")):
-            assert process.poll() is None, log.read_text()[-3000:]
-            time.sleep(0.05)
+        process.log = log
+        wait_for_checkpoint(checkpoints, after, [process])
         time.sleep(rng.uniform(0.0, 0.2))
         assert process.poll() is None, "the run ended before the signal"
         process.send_signal(sig)

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from conftest import assert_process_shares_make_the_batch
+
 from ml_transformer.data import bible, pipeline, texts, tokenizer
 
 MAX_LEN = 48
@@ -131,6 +133,14 @@ def test_eval_batches_cover_each_example_once_in_order(verses):
     np.testing.assert_array_equal(np.concatenate([b["inputs"] for b in batches])[: len(ids)], ids)
     np.testing.assert_array_equal(np.concatenate([b["labels"] for b in batches])[: len(ids)], labels)
     assert not batches[-1]["inputs"][~batches[-1]["valid"]].any()
+
+
+def test_each_process_reads_its_share_of_every_batch(verses):
+    train = verses.train_batches(seed=0, batch_size=64, batch_multiple=4)
+    evaluated = verses.eval_batches("validation", batch_size=100, batch_multiple=4)
+    for step in (0, 30):
+        assert_process_shares_make_the_batch(lambda: train[step])
+    assert_process_shares_make_the_batch(lambda: evaluated[len(evaluated) - 1])
 
 
 def test_imdb_reviews_through_mock_data(tmp_path):

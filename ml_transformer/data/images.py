@@ -18,15 +18,17 @@ Training augmentation (`config.data`), per example unless said:
                  `image_size`
   flip           random horizontal flip
   mixup_alpha    mixup over the batch (0 = off): λ ~ Beta(α, α) per batch, each image
-                 mixed with the batch's reverse; labels become soft, float32 [B, C]
+                 mixed with the (global) batch's reverse; labels become soft, float32 [B, C]
 Evaluation: fixed-size images as they are; ImageNet resized (bilinear) so that the
 shorter side is `image_size / 0.875`, then center-cropped to `image_size`.
 There is no RandAugment.
 
 The training batch of step s depends only on (seed, s): each epoch's order is a
-permutation drawn from `SeedSequence(seed, spawn_key=(0, epoch))` and augmentation draws
-from `SeedSequence(seed, spawn_key=(1, s))`, so a resumed run reads the same batches as
-an uninterrupted one.
+permutation drawn from `SeedSequence(seed, spawn_key=(0, epoch))`; the generator of
+`SeedSequence(seed, spawn_key=(1, s))` draws a seed for each row of the batch (its
+example's augmentation draws) and then mixup's λ. A resumed run reads the same batches as
+an uninterrupted one, and each process of a many-process run reads its rows of the very
+batches a single process reads.
 """
 
 from __future__ import annotations
@@ -39,13 +41,13 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 
 import grain
-import jax
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
 from ml_transformer.data import digits as digits_builder
 from ml_transformer.data.pipeline import _check_batch_size
+from ml_transformer.train import partitioning
 
 CATALOG_SPLITS = {
     "mnist": {"train": "train[:90%]", "validation": "train[90%:]", "test": "test"},
@@ -55,23 +57,24 @@ CATALOG_SPLITS = {
 EVAL_CROP_FRACTION = 0.875
 SHUFFLE_STREAM, AUGMENT_STREAM = 0, 1  # spawn keys of the random streams derived from the seed
 
-# A batch of uint8 images (an array, or a list when sizes differ) and a generator → uint8 [B, H, W, C].
-BatchAugmentation = Callable[[np.ndarray | list[np.ndarray], np.random.Generator], np.ndarray]
+# A batch of uint8 images (an array, or a list when sizes differ) and a generator per image → uint8 [B, H, W, C].
+BatchAugmentation = Callable[[np.ndarray | list[np.ndarray], Sequence[np.random.Generator]], np.ndarray]
 ImageTransform = Callable[[np.ndarray], np.ndarray]
 
 
 # ---------------------------------------------------------------- transforms
-def crop_flip(images: np.ndarray, rng: np.random.Generator, *, padding: int, flip: bool) -> np.ndarray:
-    """Per image of a batch `[B, H, W, C]`: a random crop of the image padded by `padding`
-    zeros (same size out), mirrored with probability 1/2 when `flip`."""
+def crop_flip(images: np.ndarray, rngs: Sequence[np.random.Generator], *, padding: int, flip: bool) -> np.ndarray:
+    """Per image of a batch `[B, H, W, C]`, drawing from its generator: a random crop of the
+    image padded by `padding` zeros (same size out), mirrored with probability 1/2 when `flip`."""
     batch, height, width, _ = images.shape
+    draws = np.array([[*r.integers(0, 2 * padding + 1, size=2), r.random()] for r in rngs]).reshape(batch, 3)
     if padding:
         padded = np.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-        top, left = rng.integers(0, 2 * padding + 1, size=(2, batch, 1))
+        top, left = draws[:, :2].astype(np.int64).T[:, :, None]
         rows, cols = top + np.arange(height), left + np.arange(width)
         images = padded[np.arange(batch)[:, None, None], rows[:, :, None], cols[:, None, :]]
     if flip:
-        images = np.where((rng.random(batch) < 0.5)[:, None, None, None], images[:, :, ::-1], images)
+        images = np.where((draws[:, 2] < 0.5)[:, None, None, None], images[:, :, ::-1], images)
     return images
 
 
@@ -118,9 +121,9 @@ def _pool() -> concurrent.futures.ThreadPoolExecutor:
     return concurrent.futures.ThreadPoolExecutor(max_workers=min(16, 2 * (os.cpu_count() or 1)))
 
 
-def each_image(transform: Callable, images: Sequence[np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    """`transform(image, rng)` on every image with its own generator (spawned from `rng`), stacked."""
-    return np.stack(list(_pool().map(transform, images, rng.spawn(len(images)))))
+def each_image(transform: Callable, images: Sequence[np.ndarray], rngs: Sequence[np.random.Generator]) -> np.ndarray:
+    """`transform(image, rng)` on every image with its own generator, stacked."""
+    return np.stack(list(_pool().map(transform, images, rngs)))
 
 
 def normalize(images: np.ndarray) -> np.ndarray:
@@ -128,12 +131,13 @@ def normalize(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float32) / 127.5 - 1.0
 
 
-def mixup(inputs: np.ndarray, labels: np.ndarray, num_classes: int, alpha: float,
-          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(λ·x + (1-λ)·x reversed, soft labels float32 [B, C] mixed alike), λ ~ Beta(α, α)."""
-    lam = np.float32(rng.beta(alpha, alpha))
-    one_hot = np.eye(num_classes, dtype=np.float32)[labels]
-    return lam * inputs + (1 - lam) * inputs[::-1], lam * one_hot + (1 - lam) * one_hot[::-1]
+def mixup(inputs: np.ndarray, labels: np.ndarray, partner_inputs: np.ndarray, partner_labels: np.ndarray,
+          num_classes: int, lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """(λ·x + (1-λ)·x', soft labels float32 [B, C] mixed alike) for examples x and their partners x'."""
+    lam = np.float32(lam)
+    one_hot = np.eye(num_classes, dtype=np.float32)
+    return (lam * inputs + (1 - lam) * partner_inputs,
+            lam * one_hot[labels] + (1 - lam) * one_hot[partner_labels])
 
 
 # ---------------------------------------------------------------- reading
@@ -172,25 +176,14 @@ def epoch_order(size: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(SHUFFLE_STREAM, epoch))).permutation(size)
 
 
-def _process_rows(ids: np.ndarray) -> np.ndarray:
-    """This process's share of a global batch's example ids."""
-    return np.array_split(ids, jax.process_count())[jax.process_index()]
-
-
-def _process_key() -> tuple[int, ...]:
-    """Keeps each process's augmentation draws its own; empty with one process, so that a
-    single-process run's draws depend on (seed, step) alone."""
-    return (jax.process_index(),) if jax.process_count() > 1 else ()
-
-
 # ---------------------------------------------------------------- the contract
 class ImageData:
     """The classification data contract (`tasks/classification.py`) over TFDS data sources
     of {'image': uint8 [H, W, C], 'label': int} records, one per split.
 
-    `train_images(images, rng)` augments a batch (an array of same-size images, or a
-    list) into uint8 `[B, *image_shape]`; `eval_image(image)` brings one image to
-    `image_shape` (None: images are used as they are). `in_memory`: each split is read
+    `train_images(images, rngs)` augments a batch (an array of same-size images, or a
+    list; a generator per image) into uint8 `[B, *image_shape]`; `eval_image(image)`
+    brings one image to `image_shape` (None: images are used as they are). `in_memory`: each split is read
     once into arrays (same-size images); otherwise examples are read per batch.
     """
 
@@ -233,11 +226,19 @@ class ImageData:
     def _train_batch(self, examples, seed: int, batch_size: int, step: int) -> dict:
         epoch, index = divmod(step, len(examples) // batch_size)
         ids = epoch_order(len(examples), seed, epoch)[index * batch_size:(index + 1) * batch_size]
-        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(AUGMENT_STREAM, step, *_process_key())))
-        images, labels = examples.read(_process_rows(ids))
-        inputs = normalize(self.train_images(images, rng))
-        if self.mixup_alpha > 0:
-            inputs, labels = mixup(inputs, labels, self.num_classes, self.mixup_alpha, rng)
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(AUGMENT_STREAM, step)))
+        row_seeds = rng.integers(2**63, size=batch_size)
+        rows = partitioning.process_rows(np.arange(batch_size))
+        partners = batch_size - 1 - rows  # of mixup: the global batch reversed, maybe another process's rows
+        needed = np.union1d(rows, partners) if self.mixup_alpha > 0 else rows
+        images, labels = examples.read(ids[needed])
+        inputs = normalize(self.train_images(images, [np.random.default_rng(s) for s in row_seeds[needed]]))
+        own = np.searchsorted(needed, rows)
+        if self.mixup_alpha <= 0:
+            return {"inputs": inputs[own], "labels": labels[own]}
+        other = np.searchsorted(needed, partners)
+        inputs, labels = mixup(inputs[own], labels[own], inputs[other], labels[other], self.num_classes,
+                               rng.beta(self.mixup_alpha, self.mixup_alpha))
         return {"inputs": inputs, "labels": labels}
 
     def eval_batches(self, split: str, *, batch_size: int, batch_multiple: int = 1) -> grain.MapDataset:
@@ -249,7 +250,7 @@ class ImageData:
         return grain.MapDataset.range(num_batches).map(functools.partial(self._eval_batch, examples, batch_size))
 
     def _eval_batch(self, examples, batch_size: int, index: int) -> dict:
-        ids = _process_rows(np.arange(index * batch_size, (index + 1) * batch_size))
+        ids = partitioning.process_rows(np.arange(index * batch_size, (index + 1) * batch_size))
         valid = ids < len(examples)
         inputs = np.zeros((len(ids), *self.image_shape), np.float32)
         labels = np.zeros(len(ids), np.int32)

@@ -3,6 +3,8 @@
 Examples are encoded once into int32 id arrays ending with EOS. Batches are dicts of
 int32 `[B, L]` arrays `inputs` and `targets`, padded with 0; B is always a multiple of
 `batch_multiple` (the number of data-parallel devices). Rows of zeros are empty rows.
+Each process gets its share of every batch's rows (`partitioning.process_rows`); the
+length L is the whole batch's.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from collections.abc import Sequence
 from absl import logging
 import grain
 import numpy as np
+
+from ml_transformer.train import partitioning
 
 EVAL_LENGTH_MULTIPLE = 16
 
@@ -56,7 +60,8 @@ def _pad_rows(seqs: Sequence[np.ndarray], ids: np.ndarray, length: int) -> np.nd
 
 
 class TrainBatches(grain.MapDataset):
-    """Infinite bucketed training batches: `ds[step]` is the batch of global step `step`.
+    """Infinite bucketed training batches: `ds[step]` is this process's rows of the batch of
+    global step `step`.
 
     Examples longer than `max_len` tokens (input or target) are dropped (`num_dropped`).
     Each kept example goes to the smallest bucket length L >= its longer side; a batch
@@ -141,7 +146,7 @@ class TrainBatches(grain.MapDataset):
         slots, order = self._cached_plan(epoch)
         batch = order[index]
         start = self._batch_start[batch]
-        ids = slots[start:start + self._batch_rows[batch]]
+        ids = partitioning.process_rows(slots[start:start + self._batch_rows[batch]])
         length = int(self._batch_length[batch])
         return {'inputs': _pad_rows(self._inputs, ids, length),
                 'targets': _pad_rows(self._targets, ids, length)}
@@ -185,6 +190,7 @@ def _eval_batch(inputs, targets, batch_multiple: int, ids: Sequence[int]) -> dic
     index[:len(ids)] = ids
     longest = max(max(len(inputs[i]), len(targets[i])) for i in ids)
     length = -(-longest // EVAL_LENGTH_MULTIPLE) * EVAL_LENGTH_MULTIPLE
+    index = partitioning.process_rows(index)
     return {'inputs': _pad_rows(inputs, index, length),
             'targets': _pad_rows(targets, index, length),
             'index': index, 'valid': index >= 0}

@@ -96,7 +96,6 @@ class TextClassification:
 
     def __init__(self, read: Reader, tokenizer: Tokenizer, label_names: list[str], *, max_len: int,
                  batch_tokens: int = 0, clean: Callable[[str], str] = str.strip):
-        partitioning.require_single_process("text classification")
         self._read, self.tokenizer, self.label_names = read, tokenizer, label_names
         self.max_len, self.batch_tokens, self._clean = max_len, batch_tokens, clean
         self.num_classes = len(label_names)
@@ -138,9 +137,9 @@ class TextClassification:
         return batches.map(_classification_batch)
 
     def eval_batches(self, split: str, *, batch_size: int, batch_multiple: int) -> grain.MapDataset:
-        """Every example once, in order: {'inputs' `[B, max_len]`, 'labels', 'valid'}, B =
-        `batch_size` rounded up to a multiple of `batch_multiple`; the last batch is
-        completed with padding rows (valid False)."""
+        """Every example once, in order: {'inputs' `[B, max_len]`, 'labels', 'valid'}, this
+        process's rows of batches of `batch_size` rounded up to a multiple of
+        `batch_multiple`; the last batch is completed with padding rows (valid False)."""
         ids, _, labels = self.encoded(split)
         rows = -(-batch_size // batch_multiple) * batch_multiple
 
@@ -150,7 +149,7 @@ class TextClassification:
                    "valid": np.arange(rows) < count}
             out["inputs"][:count] = ids[start:start + count]
             out["labels"][:count] = labels[start:start + count]
-            return out
+            return {k: partitioning.process_rows(v) for k, v in out.items()}
 
         return grain.MapDataset.range(0, len(ids), rows).map(batch)
 

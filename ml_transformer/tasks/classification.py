@@ -12,6 +12,7 @@ A dataset factory `make(config, workdir) -> ClassificationData` returns an objec
   eval_batches(split, *, batch_size, batch_multiple) -> iterable of {'inputs', 'labels'
       int32 [B], 'valid' bool [B]}, every example of the split once, in order, B a
       multiple of batch_multiple (padding rows have valid=False)
+  Batches hold this process's rows (`partitioning.process_rows`) of the global batch.
   encode(raw: list) -> inputs [N, ...]: raw texts (or image files) → model inputs, for
       predict and attention
   tokenizer (text datasets only): shows the tokens on attention pictures
@@ -141,7 +142,8 @@ class ClassificationTask:
         rows = -(-len(inputs) // self.batch_multiple) * self.batch_multiple
         padded = np.zeros((rows, *inputs.shape[1:]), inputs.dtype)
         padded[: len(inputs)] = inputs
-        probs = np.asarray(self._predict(params, partitioning.to_global({"inputs": padded}, self.mesh)["inputs"]))
+        batch = partitioning.to_global({"inputs": partitioning.process_rows(padded)}, self.mesh)
+        probs = partitioning.all_rows(self._predict(params, batch["inputs"]))
         names = self.data.label_names
         return [f"{names[p.argmax()]}\t{p.max():.4f}" for p in probs[: len(inputs)]]
 

@@ -87,7 +87,6 @@ class TranslationTask:
     unit = "tokens"
 
     def __init__(self, config, workdir: str, mesh):
-        partitioning.require_single_process("translation")
         self.config, self.mesh = config, mesh
         builder = bible.prepare(config.data.pair, config.data.data_dir or None)
         self.sources = builder.as_data_source()
@@ -147,7 +146,7 @@ class TranslationTask:
         )
         for batch in batches:
             tokens = self._translate(params, self._global(batch)["inputs"], beam_size=beam_size)
-            for i, row in zip(batch["index"], np.asarray(jax.device_get(tokens))):
+            for i, row in zip(partitioning.all_rows(batch["index"]), partitioning.all_rows(tokens)):
                 if i >= 0:
                     outputs[i] = row[: np.count_nonzero(row)]
         return outputs

@@ -64,10 +64,24 @@ def state_shardings(tree, mesh: Mesh):
     return jax.tree.map(lambda x: param_sharding(mesh, tuple(x.shape)), tree)
 
 
+def process_rows(rows: np.ndarray) -> np.ndarray:
+    """This process's share of the rows (leading axis) of a global batch: the rows that
+    `to_global` places on its devices (the mesh lists devices process by process)."""
+    return np.array_split(rows, jax.process_count())[jax.process_index()]
+
+
 def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """This process's rows of a batch → global arrays sharded over every device."""
     sharding = data_sharded(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def all_rows(x) -> np.ndarray:
+    """Every process's rows, in order, on every process: of a global array, or of the
+    arrays (one per process) that `to_global` would assemble."""
+    if jax.process_count() == 1:
+        return np.asarray(jax.device_get(x))
+    return multihost_utils.process_allgather(x, tiled=True)
 
 
 @contextlib.contextmanager
@@ -80,11 +94,3 @@ def process_0_first(name: str):
     yield
     if many and jax.process_index() == 0:
         multihost_utils.sync_global_devices(name)
-
-
-def require_single_process(what: str) -> None:
-    """ValueError naming `what` in a multi-process run: for data pipelines that do not yet
-    split their batches between processes."""
-    if jax.process_count() > 1:
-        raise ValueError(f"{what}: runs in one process only (this run has {jax.process_count()}); "
-                         "image classification runs in many")
