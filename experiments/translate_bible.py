@@ -35,11 +35,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.task = "translation"
     c.seed = 0
-    c.total_steps = 2400
+    c.total_steps = 3600
     c.batch_size = 64  # sentences per evaluation batch
     c.log_every_steps = 50
-    c.eval_every_steps = 800
-    c.checkpoint_every_steps = 800
+    c.eval_every_steps = 1200
+    c.checkpoint_every_steps = 1200
     c.keep_checkpoints = 3  # the rolling set; the best checkpoint is kept apart
     c.best_metric = "bleu"  # validation metric that picks --checkpoint=best
     c.final_split = "test"  # evaluated in full (with decode.beam_size) when training ends
