@@ -36,6 +36,9 @@ def _check_field(path: str, name: str, value) -> None:
     if name.endswith("dropout_rate") or name in ("label_smoothing", "b1", "b2"):
         if not 0 <= value < 1:
             raise ValueError(f"config.{path}={value}: must be in [0, 1)")
+    elif name == "character_coverage":
+        if not 0 < value <= 1:
+            raise ValueError(f"config.{path}={value}: must be in (0, 1]")
     elif name in ZERO_ALLOWED:
         if value < 0:
             raise ValueError(f"config.{path}={value}: must not be negative")

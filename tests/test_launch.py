@@ -10,6 +10,8 @@ import pytest
 from conftest import launch, launch_processes
 from PIL import Image
 
+from ml_transformer.data import tokenizer
+
 STEPS = 6
 
 
@@ -43,6 +45,12 @@ def test_train_writes_the_run_contract_files(trained):
     assert metrics["step"] == 6 and "bleu" in metrics and metrics["bleu_examples"] == 8
     rows = list(csv.reader((workdir / "eval" / "test-6.tsv").open(encoding="utf-8"), delimiter="\t"))
     assert rows[0] == ["source", "reference", "hypothesis"] and len(rows) == 9
+
+
+def test_the_tokenizer_gives_every_character_of_the_corpus_a_piece(trained):
+    tok = tokenizer.load_tokenizer(str(trained[0] / tokenizer.TOKENIZER_FILE))
+    text = "Israël plaça 12 pains (sûrs) sur l'autel de Dieu."
+    assert tok.unk_id not in tok.encode(text) and tok.decode(tok.encode(text)) == text
 
 
 def test_rerun_after_the_last_step_resumes_without_training(trained):
@@ -142,6 +150,7 @@ def test_bad_input_fails_with_one_line_naming_it(trained, args, culprit):
         (["--config.optimizer.learning_rate=-1"], "config.optimizer.learning_rate=-1"),
         (["--config.model.dropout_rate=1.5"], "config.model.dropout_rate=1.5"),
         (["--config.micro_batches=0"], "config.micro_batches=0"),
+        (["--config.data.character_coverage=0"], "config.data.character_coverage=0"),
         (["--config.mesh.fsdp=3"], "config.mesh"),  # one device
         (["--profile_steps=5"], "--profile_steps=5"),
     ],

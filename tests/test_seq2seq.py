@@ -1,5 +1,6 @@
-"""The encoder-decoder model: causality, padding, positions, and cached decoding."""
+"""The encoder-decoder model: causality, padding, positions, cached decoding, bfloat16."""
 
+import dataclasses
 import functools
 import math
 
@@ -117,3 +118,18 @@ def test_too_long_input_is_rejected():
     model, params, _ = model_and_params(False)
     with pytest.raises(ValueError, match="max_len=32"):
         model.apply(params, jnp.ones((1, 40), jnp.int32), jnp.ones((1, 3), jnp.int32))
+
+
+def test_bfloat16_computes_in_bfloat16_with_float32_parameters_and_gradients():
+    _, params, apply = model_and_params(False)
+    bf16 = Seq2Seq(Seq2SeqConfig(VOCAB, dataclasses.replace(BLOCK, dtype=jnp.bfloat16), 2, 2, max_len=32))
+    rng = np.random.default_rng(3)
+    src, tgt = tokens(rng, (2, 6)), tokens(rng, (2, 5))
+    shapes = jax.eval_shape(bf16.init, jax.random.key(0), src, tgt)
+    assert jax.tree.structure(shapes) == jax.tree.structure(params)
+    assert {x.dtype for x in jax.tree.leaves(shapes)} == {jnp.dtype(jnp.float32)}
+    reference = np.asarray(apply(params, src, tgt))
+    error = np.abs(np.asarray(jax.jit(bf16.apply)(params, src, tgt), np.float32) - reference).max()
+    assert 1e-4 < error < 0.05 * np.abs(reference).max()  # bfloat16 rounding: present, and small
+    grads = jax.grad(lambda p: jnp.mean(bf16.apply(p, src, tgt).astype(jnp.float32) ** 2))(params)
+    assert {x.dtype for x in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}

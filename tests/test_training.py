@@ -19,7 +19,7 @@ from ml_transformer.tasks.translation import seq2seq_loss, translate
 from ml_transformer.train import loop, partitioning
 from ml_transformer.train.losses import token_metrics
 from ml_transformer.train.schedules import transformer_schedule
-from ml_transformer.train.state import TrainState
+from ml_transformer.train.state import TrainState, make_optimizer
 from ml_transformer.train.steps import train_step
 
 BOS, EOS, VOCAB = 2, 3, 16
@@ -83,6 +83,27 @@ def test_schedule_matches_paper_formula():
         step = count + 1  # the paper's step number
         expected = d_model**-0.5 * min(step**-0.5, step * warmup**-1.5)
         assert float(schedule(count)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_gradient_clipping_rescales_gradients_above_the_global_norm():
+    """Two Adam updates (the first alone is blind to gradient scale): with clipping at norm 1
+    they equal Adam's on gradients scaled to norm 1 by hand, and differ from unclipped Adam's."""
+    schedule = optax.constant_schedule(0.1)
+    clipped, plain = (make_optimizer(toy_config(1, grad_clip_norm=clip), schedule) for clip in (1.0, 0.0))
+    params = {"w": jnp.zeros(3), "b": jnp.zeros(2)}
+    steps = [{"w": jnp.array([30.0, -40.0, 0.0]), "b": jnp.array([0.0, 0.0])},  # global norm 50
+             {"w": jnp.array([0.1, 0.2, -0.2]), "b": jnp.array([0.0, 0.2])}]  # norm 0.36: kept
+
+    def updates(tx, grads_by_step):
+        state = tx.init(params)
+        for grads in grads_by_step:
+            update, state = tx.update(grads, state, params)
+        return update
+
+    by_hand = [jax.tree.map(lambda g: g / 50.0, steps[0]), steps[1]]
+    for a, b in zip(jax.tree.leaves(updates(clipped, steps)), jax.tree.leaves(updates(plain, by_hand))):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert not np.allclose(updates(clipped, steps)["w"], updates(plain, steps)["w"], rtol=1e-3)
 
 
 def test_label_smoothed_loss_matches_formula():

@@ -104,14 +104,14 @@ def train_tokenizer(texts: Iterable[str], model_path: str, vocab_size: int, *,
 
 
 def cached_tokenizer(cache_path: str, workdir: str, vocab_size: int,
-                     texts: Callable[[], Sequence[str]]) -> Tokenizer:
+                     texts: Callable[[], Sequence[str]], character_coverage: float = 0.9995) -> Tokenizer:
     """The run's tokenizer: `workdir/tokenizer.model` if present, else the model at
     `cache_path` (trained on `texts()` on first use) copied into the workdir."""
     own = os.path.join(workdir, TOKENIZER_FILE)
     if not os.path.exists(own):
         if not os.path.exists(cache_path):
             logging.info("Training a %d-piece SentencePiece model for %s", vocab_size, cache_path)
-            train_tokenizer(texts(), cache_path, vocab_size)
+            train_tokenizer(texts(), cache_path, vocab_size, character_coverage=character_coverage)
         os.makedirs(workdir, exist_ok=True)
         shutil.copyfile(cache_path, own)
     tokenizer = load_tokenizer(own)

@@ -46,14 +46,16 @@ def model_config(config, vocab_size: int, bos_id: int) -> Seq2SeqConfig:
 
 def prepare_tokenizer(config, builder, workdir: str) -> Tokenizer:
     """The run's tokenizer: `workdir/tokenizer.model`, else the joint one trained once on
-    this pair's training split (cached beside the prepared data), copied into the workdir."""
+    this pair's training split (cached beside the prepared data, named for its vocabulary
+    size and character coverage), copied into the workdir."""
 
     def texts():
         sources, targets = pipeline.read_texts(builder.as_data_source(split="train"))
         return sources + targets
 
-    cache = os.path.join(os.fspath(builder.data_dir), f"spm-{config.data.vocab_size}.model")
-    return cached_tokenizer(cache, workdir, config.data.vocab_size, texts)
+    d = config.data
+    cache = os.path.join(os.fspath(builder.data_dir), f"spm-{d.vocab_size}-coverage{d.character_coverage:g}.model")
+    return cached_tokenizer(cache, workdir, d.vocab_size, texts, d.character_coverage)
 
 
 def seq2seq_loss(model: Seq2Seq, smoothing: float, params, batch: dict, rng, train: bool):
