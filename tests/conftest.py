@@ -33,6 +33,11 @@ def experiment_config(name: str, arg: str | None = None):
     return module.get_config(arg)
 
 
+def cpu_devices(count: int) -> dict:
+    """The environment variable that gives a process `count` CPU devices."""
+    return {"XLA_FLAGS": f"--xla_force_host_platform_device_count={count}"}
+
+
 def start_processes(logdir, *args, count: int, devices: int) -> list[subprocess.Popen]:
     """`launch.py ARGS --distributed` as `count` processes on 127.0.0.1 with `devices` CPU
     devices each; process i logs to `logdir/process<i>-<n>.log` (n counts the starts)."""
@@ -40,7 +45,7 @@ def start_processes(logdir, *args, count: int, devices: int) -> list[subprocess.
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     args = [*args, "--distributed", f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={count}"]
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    env = {**os.environ, **cpu_devices(devices)}
     start = len(list(logdir.glob("process0-*.log")))
     processes = []
     for i in range(count):

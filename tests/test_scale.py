@@ -13,7 +13,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, finish_processes, launch, launch_command, launch_processes, start_processes
+from conftest import ROOT, cpu_devices, finish_processes, launch, launch_command, launch_processes, start_processes
 
 from ml_transformer.train.checkpoints import Checkpoints
 
@@ -26,10 +26,6 @@ def run_args(workdir, data_dir, *extra):
         f"--config.total_steps={STEPS}", "--config.log_every_steps=1", "--config.checkpoint_every_steps=2",
         f"--config.eval_every_steps={STEPS}", "--config.keep_checkpoints=3", "--config.data.mixup_alpha=0.2", *extra,
     ]
-
-
-def devices(count: int) -> dict:
-    return {"XLA_FLAGS": f"--xla_force_host_platform_device_count={count}"}
 
 
 def final(workdir):
@@ -83,7 +79,7 @@ def data_dir(tmp_path_factory):
 def reference_run(tmp_path_factory, data_dir):
     """One uninterrupted run on one device, profiled at steps 3-4."""
     workdir = tmp_path_factory.mktemp("one_device")
-    result = launch(*run_args(workdir, data_dir, "--profile_steps=3:5"), env=devices(1))
+    result = launch(*run_args(workdir, data_dir, "--profile_steps=3:5"), env=cpu_devices(1))
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir
 
@@ -100,7 +96,7 @@ def test_profile_steps_write_a_trace_for_tensorboard(reference_run):
 @pytest.mark.parametrize("mesh", [["--config.mesh.data=8"], ["--config.mesh.data=2", "--config.mesh.fsdp=4"]],
                          ids=["data8", "data2-fsdp4"])
 def test_eight_devices_train_as_one(tmp_path, data_dir, reference, mesh):
-    result = launch(*run_args(tmp_path, data_dir, *mesh), env=devices(8))
+    result = launch(*run_args(tmp_path, data_dir, *mesh), env=cpu_devices(8))
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_run(final(tmp_path), reference, atol=1e-5)
 

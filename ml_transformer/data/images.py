@@ -183,8 +183,9 @@ class ImageData:
 
     `train_images(images, rngs)` augments a batch (an array of same-size images, or a
     list; a generator per image) into uint8 `[B, *image_shape]`; `eval_image(image)`
-    brings one image to `image_shape` (None: images are used as they are). `in_memory`: each split is read
-    once into arrays (same-size images); otherwise examples are read per batch.
+    brings one image to `image_shape` (None: images are used as they are). `in_memory`:
+    each split is read once into arrays (same-size images); otherwise examples are read
+    per batch.
     """
 
     def __init__(self, sources: Mapping[str, Sequence], label_names: Sequence[str],
@@ -233,10 +234,9 @@ class ImageData:
         needed = np.union1d(rows, partners) if self.mixup_alpha > 0 else rows
         images, labels = examples.read(ids[needed])
         inputs = normalize(self.train_images(images, [np.random.default_rng(s) for s in row_seeds[needed]]))
-        own = np.searchsorted(needed, rows)
         if self.mixup_alpha <= 0:
-            return {"inputs": inputs[own], "labels": labels[own]}
-        other = np.searchsorted(needed, partners)
+            return {"inputs": inputs, "labels": labels}
+        own, other = np.searchsorted(needed, rows), np.searchsorted(needed, partners)
         inputs, labels = mixup(inputs[own], labels[own], inputs[other], labels[other], self.num_classes,
                                rng.beta(self.mixup_alpha, self.mixup_alpha))
         return {"inputs": inputs, "labels": labels}

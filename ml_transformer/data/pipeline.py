@@ -185,7 +185,7 @@ def _buckets(max_len, batch_tokens, batch_size, batch_multiple, boundaries):
 
 
 def _eval_batch(inputs, targets, batch_multiple: int, ids: Sequence[int]) -> dict:
-    rows = -(-len(ids) // batch_multiple) * batch_multiple
+    rows = partitioning.padded_rows(len(ids), batch_multiple)
     index = np.full(rows, -1, np.int32)
     index[:len(ids)] = ids
     longest = max(max(len(inputs[i]), len(targets[i])) for i in ids)

@@ -141,7 +141,7 @@ class TextClassification:
         process's rows of batches of `batch_size` rounded up to a multiple of
         `batch_multiple`; the last batch is completed with padding rows (valid False)."""
         ids, _, labels = self.encoded(split)
-        rows = -(-batch_size // batch_multiple) * batch_multiple
+        rows = partitioning.padded_rows(batch_size, batch_multiple)
 
         def batch(start: int) -> dict:
             count = min(rows, len(ids) - start)

@@ -103,7 +103,8 @@ class ClassificationTask:
         self.config, self.mesh = config, mesh
         self.data = _resolve(DATASETS, config.data.name, "config.data.name")(config, workdir)
         self.model = _resolve(MODELS, config.model.name, "config.model.name")(config.model, self.data.num_classes)
-        self.batch_multiple = mesh.devices.size * config.micro_batches  # rows split over devices and slices
+        self.batch_multiple = partitioning.row_multiple(mesh, config.micro_batches)
+        self.eval_batch_size = partitioning.padded_rows(config.batch_size, self.batch_multiple)
         self.resize_param = vit.resize_restored if isinstance(self.model, vit.ViT) else None
         self._eval_step = jax.jit(functools.partial(eval_step, loss_fn=self.loss_fn))
         self._predict = jax.jit(lambda params, inputs: probabilities(self.model.apply({"params": params}, inputs)))
@@ -128,7 +129,7 @@ class ClassificationTask:
     def evaluate(self, params, split: str, step: int, *, full: bool = False):
         """Loss and accuracy over the whole split; no per-example rows."""
         sums = None
-        for batch in self.data.eval_batches(split, batch_size=self._eval_batch_size(),
+        for batch in self.data.eval_batches(split, batch_size=self.eval_batch_size,
                                             batch_multiple=self.batch_multiple):
             batch_sums = self._eval_step(params, self._global(batch))
             sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
@@ -139,7 +140,7 @@ class ClassificationTask:
     def predict(self, params, lines: list[str]) -> list[str]:
         """'label<TAB>probability' of the most likely class for each raw input."""
         inputs = self.data.encode(lines)
-        rows = -(-len(inputs) // self.batch_multiple) * self.batch_multiple
+        rows = partitioning.padded_rows(len(inputs), self.batch_multiple)
         padded = np.zeros((rows, *inputs.shape[1:]), inputs.dtype)
         padded[: len(inputs)] = inputs
         batch = partitioning.to_global({"inputs": partitioning.process_rows(padded)}, self.mesh)
@@ -166,9 +167,6 @@ class ClassificationTask:
                 square = matrix[: len(tokens), : len(tokens)]
                 paths.append(attention_maps.heatmap(title, square, tokens, tokens, out_dir, n))
         return paths
-
-    def _eval_batch_size(self) -> int:
-        return -(-self.config.batch_size // self.batch_multiple) * self.batch_multiple
 
     def _global(self, batch: dict) -> dict:
         return partitioning.to_global({k: batch[k] for k in ("inputs", "labels", "valid")}, self.mesh)

@@ -94,7 +94,8 @@ class TranslationTask:
         self.sources = builder.as_data_source()
         self.tokenizer = prepare_tokenizer(config, builder, workdir)
         self.model = Seq2Seq(model_config(config, self.tokenizer.vocab_size, self.tokenizer.bos_id))
-        self.batch_multiple = mesh.devices.size * config.micro_batches  # rows split over devices and slices
+        self.batch_multiple = partitioning.row_multiple(mesh, config.micro_batches)
+        self.eval_batch_size = partitioning.padded_rows(config.batch_size, self.batch_multiple)
         self._train_batches = None
         self._translate = jax.jit(
             functools.partial(
@@ -144,7 +145,7 @@ class TranslationTask:
         """Output ids (EOS included) for encoded sources, in order."""
         outputs = [np.zeros(0, np.int32)] * len(inputs)
         batches = pipeline.eval_batches(
-            inputs, inputs, batch_size=self._eval_batch_size(), batch_multiple=self.batch_multiple
+            inputs, inputs, batch_size=self.eval_batch_size, batch_multiple=self.batch_multiple
         )
         for batch in batches:
             tokens = self._translate(params, self._global(batch)["inputs"], beam_size=beam_size)
@@ -191,7 +192,7 @@ class TranslationTask:
         inputs, targets = self.encoded(split)
         sums = None
         batches = pipeline.eval_batches(
-            inputs, targets, batch_size=self._eval_batch_size(), batch_multiple=self.batch_multiple
+            inputs, targets, batch_size=self.eval_batch_size, batch_multiple=self.batch_multiple
         )
         for batch in batches:
             batch_sums = self._eval_step(params, self._global(batch))
@@ -206,10 +207,6 @@ class TranslationTask:
         metrics["bleu_examples"] = count
         metrics["beam_size"] = beam
         return metrics, list(zip(sources, references, hypotheses))
-
-    def _eval_batch_size(self) -> int:
-        size = self.config.batch_size
-        return -(-size // self.batch_multiple) * self.batch_multiple
 
     def _global(self, batch: dict) -> dict:
         return partitioning.to_global({k: batch[k] for k in ("inputs", "targets")}, self.mesh)

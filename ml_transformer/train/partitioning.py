@@ -64,6 +64,18 @@ def state_shardings(tree, mesh: Mesh):
     return jax.tree.map(lambda x: param_sharding(mesh, tuple(x.shape)), tree)
 
 
+def row_multiple(mesh: Mesh, micro_batches: int = 1) -> int:
+    """What the number of rows of every batch must be a multiple of: rows are split over
+    every device, each device's rows into `micro_batches` slices."""
+    return mesh.devices.size * micro_batches
+
+
+def padded_rows(rows: int, multiple: int) -> int:
+    """`rows` rounded up to a multiple of `multiple` (the rows of a batch completed with
+    padding rows)."""
+    return -(-rows // multiple) * multiple
+
+
 def process_rows(rows: np.ndarray) -> np.ndarray:
     """This process's share of the rows (leading axis) of a global batch: the rows that
     `to_global` places on its devices (the mesh lists devices process by process)."""
