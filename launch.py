@@ -9,6 +9,7 @@
 import logging as std_logging
 import os
 import sys
+import warnings
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -36,9 +37,23 @@ flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
-def _own_info_only(record: std_logging.LogRecord) -> bool:
-    """Keeps warnings from everywhere, but info lines only from this project's modules."""
-    return record.levelno >= std_logging.WARNING or f"{os.sep}ml_transformer{os.sep}" in record.pathname
+def _shown(record: std_logging.LogRecord) -> bool:
+    """Info lines from this project's modules only; warnings and errors from everywhere but
+    Orbax's background threads and asyncio, whose failures reach the run as exceptions that
+    it reports in one line (all of them with --verbosity=1)."""
+    if logging.get_verbosity() >= logging.DEBUG:
+        return True
+    if record.levelno < std_logging.WARNING:
+        return f"{os.sep}ml_transformer{os.sep}" in record.pathname
+    return not (f"{os.sep}orbax{os.sep}" in record.pathname or record.name == "asyncio")
+
+
+def _unraisable(info) -> None:
+    """Drops the reports of TensorStore write callbacks that reach the event loop of a
+    checkpoint save that has already failed (and been reported in one line); passes on
+    every other unraisable exception."""
+    if not (isinstance(info.exc_value, RuntimeError) and str(info.exc_value) == "Event loop is closed"):
+        sys.__unraisablehook__(info)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -59,23 +74,39 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {argv[1:]}")
-    logging.get_absl_handler().addFilter(_own_info_only)
+    logging.get_absl_handler().addFilter(_shown)
+    sys.unraisablehook = _unraisable
+    warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)  # the same writes
     if FLAGS.mode == "sweep":
         return run_sweep()
-    if FLAGS.distributed:
-        import jax
+    try:
+        if FLAGS.distributed:
+            import jax
 
-        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    from ml_transformer import main as runner
+            jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+        from ml_transformer import main as runner
+
+        run(runner)
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C); the checkpoints saved before are intact", file=sys.stderr)
+        sys.exit(130)
+
+
+def run(runner):
+    """`runner.run` with the flags; failures that are the input's fault end in one line."""
+    from ml_transformer.train.checkpoints import CheckpointError
 
     try:
         runner.run(FLAGS.config, FLAGS.workdir, FLAGS.mode, checkpoint=FLAGS.checkpoint, split=FLAGS.split,
                    input_path=FLAGS.input, layer=FLAGS.layer, head=FLAGS.head, profile_steps=FLAGS.profile_steps)
     except runner.loop.Preempted as e:
         logging.warning("%s", e)
-    except (ValueError, FileNotFoundError, runner.loop.NonFiniteLoss) as e:
+    except (ValueError, runner.loop.NonFiniteLoss, CheckpointError) as e:
         logging.debug("failure", exc_info=True)
         sys.exit(f"error: {e}")
+    except OSError as e:  # a file or folder that cannot be read or written: its path and the cause
+        logging.debug("failure", exc_info=True)
+        sys.exit(f"error: {runner.workdirs.describe(e)}")
 
 
 def run_sweep():

@@ -1,9 +1,10 @@
 """Evaluation metrics and the files evaluation writes.
 
-`DIR/eval/<split>-<name>.json` holds the metrics of a checkpoint (its name is its step,
-or e.g. `avg5-2400` for an average); sequence tasks add `DIR/eval/<split>-<name>.tsv`
-with columns source, reference, hypothesis. `--checkpoint=all` adds
-`DIR/eval/<split>-all.md`, a table with a row per checkpoint.
+`DIR/eval/<result name>.json` holds the metrics of a checkpoint on a split, the name
+saying which (`result_name`: split, checkpoint, its step or e.g. `avg5-2400` for an
+average, and the decoding settings); sequence tasks add `DIR/eval/<result name>.tsv` with
+columns source, reference, hypothesis. `--checkpoint=all` adds `DIR/eval/<split>-all...md`,
+a table with a row per checkpoint.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 
 import sacrebleu
 
-from ml_transformer.workdir import save_json
+from ml_transformer.workdir import WorkdirError, save_json
 
 
 def bleu(hypotheses: list[str], references: list[str], tokenize: str = "13a") -> float:
@@ -21,29 +22,50 @@ def bleu(hypotheses: list[str], references: list[str], tokenize: str = "13a") ->
     return sacrebleu.corpus_bleu(hypotheses, [references], tokenize=tokenize).score
 
 
-def write_eval(workdir: str, split: str, name: str, step: int, metrics: dict,
+def result_name(config, split: str, checkpoint: str) -> str:
+    """The name of an evaluation's files: `<split>-<checkpoint>`, and for tasks that decode,
+    every decoding setting that changes the outputs (`test-3600-greedy-max+50-min1`,
+    `test-3600-beam4-alpha0.6-max+50-min1-first64`), so that evaluations with other
+    settings are kept beside it."""
+    name = f"{split}-{checkpoint}"
+    decode = config.get("decode")
+    if decode is None or "beam_size" not in decode:
+        return name
+    search = "greedy" if decode.beam_size == 1 else f"beam{decode.beam_size}-alpha{decode.alpha:g}"
+    name += f"-{search}-max+{decode.extra_len}-min{decode.min_len}"
+    return name + (f"-first{decode.final_examples}" if decode.final_examples else "")
+
+
+def write_eval(workdir: str, name: str, step: int, split: str, checkpoint: str, metrics: dict,
                rows: list[tuple[str, str, str]] | None) -> str:
-    """Writes the metrics JSON (and the TSV of (source, reference, hypothesis) rows) of
-    checkpoint `name`; returns the files' path without extension."""
-    stem = os.path.join(workdir, "eval", f"{split}-{name}")
-    save_json(stem + ".json", {"step": step, "split": split, "checkpoint": name, **metrics})
-    if rows is not None:
-        tmp = stem + ".tsv.tmp"
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
-            writer.writerow(["source", "reference", "hypothesis"])
-            writer.writerows(rows)
-        os.replace(tmp, stem + ".tsv")
+    """Writes `eval/<name>.json` (the metrics of checkpoint `checkpoint` on `split`) and,
+    given rows of (source, reference, hypothesis), `eval/<name>.tsv`; returns their path
+    without extension. WorkdirError naming the file if it cannot be written."""
+    stem = os.path.join(workdir, "eval", name)
+    try:
+        save_json(stem + ".json", {"step": step, "split": split, "checkpoint": checkpoint, **metrics})
+        if rows is not None:
+            tmp = stem + ".tsv.tmp"
+            with open(tmp, "w", encoding="utf-8", newline="") as f:
+                writer = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+                writer.writerow(["source", "reference", "hypothesis"])
+                writer.writerows(rows)
+            os.replace(tmp, stem + ".tsv")
+    except OSError as e:
+        raise WorkdirError(f"cannot write the results to {stem}.json/.tsv: {e.strerror}") from None
     return stem
 
 
-def write_table(workdir: str, split: str, results: dict[str, dict]) -> str:
-    """Writes `{checkpoint: metrics}` as a markdown table `eval/<split>-all.md`; returns its path."""
+def write_table(workdir: str, name: str, results: dict[str, dict]) -> str:
+    """Writes `{checkpoint: metrics}` as a markdown table `eval/<name>.md`; returns its path."""
     columns = list(dict.fromkeys(k for metrics in results.values() for k in metrics))
-    rows = [[name, *(m.get(k, "") for k in columns)] for name, m in results.items()]
-    path = os.path.join(workdir, "eval", f"{split}-all.md")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(markdown_table(["checkpoint", *columns], rows))
+    rows = [[checkpoint, *(m.get(k, "") for k in columns)] for checkpoint, m in results.items()]
+    path = os.path.join(workdir, "eval", f"{name}.md")
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(markdown_table(["checkpoint", *columns], rows))
+    except OSError as e:
+        raise WorkdirError(f"cannot write {path}: {e.strerror}") from None
     return path
 
 

@@ -1,17 +1,20 @@
-"""Runs an experiment in one of the modes of the run contract: train, eval, predict."""
+"""Runs an experiment in one of the modes of the run contract: train, eval, predict, attention."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import sys
+from typing import NamedTuple
 
 import jax
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
-from ml_transformer import config_checks, evaluate
+from ml_transformer import config_checks, evaluate, workdir as workdirs
 from ml_transformer.train import loop, partitioning
-from ml_transformer.workdir import save_config
 
 MODES = ("train", "eval", "predict", "attention")
 
@@ -37,52 +40,74 @@ def run(config, workdir: str, mode: str = "train", *, checkpoint: str = "latest"
         raise ValueError(f"--mode=attention: runs in one process (this run has {jax.process_count()})")
     config_checks.validate(config)
     profile = _step_range(profile_steps)
+    inputs = read_inputs(input_path) if mode in ("predict", "attention") else None
     mesh = partitioning.mesh_from_config(config)
-    os.makedirs(workdir, exist_ok=True)
-    with partitioning.process_0_first("data and tokenizer"):
-        task = make_task(config, workdir, mesh)
-    lead = jax.process_index() == 0  # the one process that writes files and prints
-    if mode == "train":
-        if lead:
-            save_config(workdir, config)
-        state = loop.train(task, config, workdir, mesh, profile)
-        step = int(state.step)
-        report(task, loop.Restored(step, state.params, str(step)), workdir, config.final_split)
-    elif mode == "eval" and checkpoint == "all":
-        results = {}
-        for which in loop.saved_checkpoints(config, workdir):
-            restored = loop.restore_params(task, config, workdir, mesh, which)
-            results[which] = {"step": restored.step, **report(task, restored, workdir, split)}
-        if lead:
-            path = evaluate.write_table(workdir, split, results)
-            print(f"\n{pathlib.Path(path).read_text(encoding='utf-8')}\nwrote {path}")
-    elif mode == "eval":
-        report(task, loop.restore_params(task, config, workdir, mesh, checkpoint), workdir, split)
-    elif mode == "predict":
-        restored = loop.restore_params(task, config, workdir, mesh, checkpoint)
-        lines = task.predict(restored.params, _read_lines(input_path))
-        if lead:
-            print("".join(f"{line}\n" for line in lines), end="", flush=True)
-    else:
-        restored = loop.restore_params(task, config, workdir, mesh, checkpoint)
-        out_dir = os.path.join(workdir, "attention", restored.name)
-        for path in task.attention(restored.params, _read_lines(input_path), layer, head, out_dir):
-            print(path)
+    workdirs.create(workdir)
+    with _held(workdir, mode == "train"):
+        with partitioning.process_0_first("data and tokenizer"):
+            task = make_task(config, workdir, mesh)
+        lead = jax.process_index() == 0  # the one process that writes files and prints
+        if mode == "train":
+            state = loop.train(task, config, workdir, mesh, profile)
+            step = int(state.step)
+            report(task, loop.Restored(step, state.params, str(step)), workdir, config.final_split)
+        elif mode == "eval" and checkpoint == "all":
+            results = {}
+            for which in loop.saved_checkpoints(config, workdir):
+                restored = loop.restore_params(task, config, workdir, mesh, which)
+                results[which] = {"step": restored.step, **report(task, restored, workdir, split)}
+            if lead:
+                path = evaluate.write_table(workdir, evaluate.result_name(config, split, "all"), results)
+                print(f"\n{pathlib.Path(path).read_text(encoding='utf-8')}\nwrote {path}")
+        elif mode == "eval":
+            report(task, loop.restore_params(task, config, workdir, mesh, checkpoint), workdir, split)
+        elif mode == "predict":
+            restored = loop.restore_params(task, config, workdir, mesh, checkpoint)
+            answers = task.predict(restored.params, inputs.lines, inputs.numbers)
+            if lead:
+                print("".join(f"{answer}\n" for answer in inputs.place(answers)), end="", flush=True)
+        else:
+            restored = loop.restore_params(task, config, workdir, mesh, checkpoint)
+            out_dir = os.path.join(workdir, "attention", restored.name)
+            for path in task.attention(restored.params, inputs.lines, inputs.numbers, layer, head, out_dir):
+                print(path)
+
+
+@contextlib.contextmanager
+def _held(workdir: str, write: bool):
+    """Holds the workdir while a training run writes to it (`workdir.held`), once for all
+    processes of a run: process 0 takes the lock, and every process stops if it cannot."""
+    with contextlib.ExitStack() as stack:
+        refused = None
+        if write and jax.process_index() == 0:
+            try:
+                stack.enter_context(workdirs.held(workdir))
+            except workdirs.WorkdirError as e:
+                refused = e
+        if write and jax.process_count() > 1:
+            agreed = bool(multihost_utils.broadcast_one_to_all(np.int32(refused is None)))
+            if refused is None and not agreed:
+                refused = workdirs.WorkdirError(f"--workdir={workdir}: process 0 could not hold it (see its error)")
+        if refused is not None:
+            raise refused
+        yield
 
 
 def report(task, restored: loop.Restored, workdir: str, split: str) -> dict:
-    """Full evaluation of a split: writes eval/<split>-<name>.{json,tsv}, prints a summary."""
+    """Full evaluation of a split: prints a summary, then writes
+    eval/<result name>.{json,tsv} (`evaluate.result_name`)."""
     params, step = restored.params, restored.step
     metrics, rows = task.evaluate(params, split, step, full=True)
+    logging.info("%s @ %d: %s", split, step, metrics)
     if jax.process_index() == 0:
-        stem = evaluate.write_eval(workdir, split, restored.name, step, metrics, rows)
         summary = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
         label = "" if restored.name == str(step) else f" ({restored.name})"
-        print(f"{split} @ step {step}{label}: {summary}")
+        print(f"{split} @ step {step}{label}: {summary}", flush=True)
         for source, reference, hypothesis in rows[: task.config.decode.samples] if rows else []:
-            print(f"\n  source:     {source}\n  reference:  {reference}\n  hypothesis: {hypothesis}")
+            print(f"\n  source:     {source}\n  reference:  {reference}\n  hypothesis: {hypothesis}", flush=True)
+        name = evaluate.result_name(task.config, split, restored.name)
+        stem = evaluate.write_eval(workdir, name, step, split, restored.name, metrics, rows)
         print(f"\nwrote {stem}.json" + (f" and {stem}.tsv" if rows is not None else ""))
-    logging.info("%s @ %d: %s", split, step, metrics)
     return metrics
 
 
@@ -96,10 +121,44 @@ def _step_range(text: str) -> tuple[int, int] | None:
     return int(start), int(stop)
 
 
-def _read_lines(path: str | None) -> list[str]:
-    if path is None or path == "-":
-        return [line.rstrip("\n") for line in sys.stdin]
-    if not os.path.isfile(path):
+class Inputs(NamedTuple):
+    """The lines of a predict/attention input that hold text, with their line numbers
+    (from 1) among all `count` lines."""
+
+    count: int
+    numbers: list[int]
+    lines: list[str]
+
+    def place(self, answers: list[str]) -> list[str]:
+        """An answer for every input line: `answers` (one per text line) in place, and an
+        empty answer for each empty line."""
+        placed = [""] * self.count
+        for number, answer in zip(self.numbers, answers, strict=True):
+            placed[number - 1] = answer
+        return placed
+
+
+def read_inputs(path: str | None) -> Inputs:
+    """The lines of `path`, or stdin (None or '-'). ValueError naming the source and the
+    line of a line that is not UTF-8, or the source if no line holds text."""
+    stdin = path in (None, "-")
+    if not stdin and not os.path.isfile(path):
         raise ValueError(f"--input={path}: no such file")
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f]
+    source = "stdin" if stdin else f"--input={path}"
+    with contextlib.nullcontext(sys.stdin.buffer) if stdin else open(path, "rb") as f:
+        raw = f.read().split(b"\n")
+    if raw[-1] == b"":
+        raw.pop()
+    inputs = Inputs(len(raw), [], [])
+    for number, line in enumerate(raw, 1):
+        try:
+            text = line.removesuffix(b"\r").decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{source} line {number}: not UTF-8 text (byte 0x{line[e.start]:02x} at "
+                             f"position {e.start})") from None
+        if text.strip():
+            inputs.numbers.append(number)
+            inputs.lines.append(text)
+    if not inputs.lines:
+        raise ValueError(f"{source}: no input lines" + (f" (all {len(raw)} are empty)" if raw else ""))
+    return inputs

@@ -29,8 +29,8 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from ml_transformer import config_checks
-from ml_transformer.evaluate import markdown_table
+from ml_transformer import config_checks, workdir as workdirs
+from ml_transformer.evaluate import markdown_table, result_name
 
 Overrides = dict[str, object]
 RUN_FILE_KEYS = ("step", "split", "checkpoint")  # in a final evaluation's JSON beside the metrics
@@ -146,7 +146,8 @@ def plan(config, spec: str, workdir: str, overrides: Overrides, launcher: str) -
             config_checks.validate(resolved)
         except ValueError as e:
             raise ValueError(f"{where}: run {name}: {e}") from None
-        final_eval = os.path.join(workdir, name, "eval", f"{resolved.final_split}-{resolved.total_steps}.json")
+        final_name = result_name(resolved, resolved.final_split, str(resolved.total_steps))
+        final_eval = os.path.join(workdir, name, "eval", f"{final_name}.json")
         planned.append(Run(name, run, os.path.join(workdir, name), final_eval))
     return Sweep(spec, workdir, planned, dict(overrides), launcher)
 
@@ -182,10 +183,12 @@ def run(config, spec: str, workdir: str, *, overrides: Overrides, launcher: str,
     if emit == "slurm":
         print(write_slurm(sweep))
         return
-    print(f"sweep of {spec}: {len(sweep.runs)} runs in {sweep.workdir}, {parallel} at a time", flush=True)
-    with ThreadPoolExecutor(parallel) as pool:
-        statuses = list(pool.map(functools.partial(_execute, sweep), sweep.runs))
-    summarize(sweep, statuses, metric or config.best_metric, config.final_split)
+    workdirs.create(sweep.workdir)
+    with workdirs.held(sweep.workdir):  # each run holds its own folder too
+        print(f"sweep of {spec}: {len(sweep.runs)} runs in {sweep.workdir}, {parallel} at a time", flush=True)
+        with ThreadPoolExecutor(parallel) as pool:
+            statuses = list(pool.map(functools.partial(_execute, sweep), sweep.runs))
+        summarize(sweep, statuses, metric or config.best_metric, config.final_split)
     failed = [f"{run.name} {status.removeprefix('failed ')}" for run, status in zip(sweep.runs, statuses)
               if status.startswith("failed")]
     if failed:

@@ -7,9 +7,32 @@ import subprocess
 import sys
 from unittest import mock
 
+import jax
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 6  # of the translation smoke run shared by the tests (`trained`)
+DECODING = "beam4-alpha0.6-max+10-min1"  # the smoke config's decoding settings, as result names hold them
+
+
+def smoke_args(workdir, data_dir) -> list[str]:
+    """`launch.py` arguments of the shared translation smoke run; its bucket sizes (32 and
+    16 rows) divide over 1, 2 or 8 devices, which then read the same batches."""
+    return [
+        "--config=experiments/translate_bible.py:smoke", f"--workdir={workdir}",
+        f"--config.data.data_dir={data_dir}", f"--config.total_steps={STEPS}", "--config.data.max_len=32",
+        "--config.checkpoint_every_steps=3", f"--config.eval_every_steps={STEPS}", "--config.decode.final_examples=8",
+    ]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """(workdir, data dir, launch result) of the translation smoke run on one device."""
+    workdir, data_dir = tmp_path_factory.mktemp("run"), tmp_path_factory.mktemp("data")
+    result = launch(*smoke_args(workdir, data_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir, data_dir, result
 
 
 def launch(*args, stdin=None, env=None) -> subprocess.CompletedProcess:
@@ -81,3 +104,54 @@ def assert_process_shares_make_the_batch(read, count: int = 2) -> None:
     for key, rows in whole.items():
         assert all(len(share[key]) * count == len(rows) for share in shares), key
         np.testing.assert_array_equal(np.concatenate([share[key] for share in shares]), rows, err_msg=key)
+
+
+def single_example_predictions(config, args: list[str], lines: list[str]) -> list[tuple[str, float]]:
+    """The classifier's (label, probability) for each line, each from a forward pass of
+    that example alone, with the latest checkpoint of the run launched with `args`
+    (`--workdir=` and `--config.KEY=VALUE` overrides of `config`)."""
+    from ml_transformer.main import make_task
+    from ml_transformer.tasks.classification import probabilities
+    from ml_transformer.train import loop, partitioning
+
+    workdir = next(a.split("=", 1)[1] for a in args if a.startswith("--workdir="))
+    for arg in args:
+        if arg.startswith("--config."):
+            key, value = arg.removeprefix("--config.").split("=", 1)
+            *parents, field = key.split(".")
+            node = config
+            for parent in parents:
+                node = node[parent]
+            node[field] = type(node[field])(value) if node[field] is not None else value
+    mesh = partitioning.make_mesh(devices=jax.devices()[:1])
+    task = make_task(config, workdir, mesh)
+    params = loop.restore_params(task, config, workdir, mesh).params
+    forward = jax.jit(lambda x: probabilities(task.model.apply({"params": params}, x)))
+    answers = []
+    for x in task.data.encode(lines):
+        p = np.asarray(forward(x[None]))[0]
+        answers.append((task.data.label_names[p.argmax()], float(p.max())))
+    return answers
+
+
+def distinct_predictions(inputs: list[str], answers: list[tuple[str, float]], most: int = 8):
+    """(inputs, answers) of up to `most` inputs whose answers `assert_predictions_in_order`
+    tells apart, in their order."""
+    chosen = []
+    for item in zip(inputs, answers):
+        if all(_apart(item[1], other) for _, other in chosen) and len(chosen) < most:
+            chosen.append(item)
+    return [i for i, _ in chosen], [a for _, a in chosen]
+
+
+def _apart(a: tuple[str, float], b: tuple[str, float]) -> bool:
+    return a[0] != b[0] or abs(a[1] - b[1]) > 1e-3
+
+
+def assert_predictions_in_order(stdout_lines: list[str], expected: list[tuple[str, float]]) -> None:
+    """Predict mode's 'label<TAB>probability' lines equal `expected`, in order; the expected
+    answers differ enough for a change of order to show."""
+    got = [(label, float(p)) for label, p in (line.split("\t") for line in stdout_lines)]
+    assert [label for label, _ in got] == [label for label, _ in expected]
+    np.testing.assert_allclose([p for _, p in got], [p for _, p in expected], atol=2e-4)
+    assert all(_apart(a, b) for i, a in enumerate(expected) for b in expected[i + 1:])

@@ -8,13 +8,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import launch
+from conftest import assert_predictions_in_order, experiment_config, launch, single_example_predictions
 from PIL import Image
 
 from ml_transformer.models.text_classifier import (
     TextClassifier, TextClassifierConfig, masked_max_pool)
 from ml_transformer.nn.blocks import BlockConfig
-from ml_transformer.tasks.classification import probabilities
+from ml_transformer.tasks.classification import classification_metrics, probabilities
 
 VOCAB, MAX_LEN = 50, 16
 
@@ -53,6 +53,24 @@ def test_heads_give_logits_and_probabilities():
     np.testing.assert_allclose(jnp.sum(probabilities(logits), axis=-1), 1.0, rtol=1e-6)
     with pytest.raises(ValueError, match="sigmoid head needs 2 classes"):
         classifier("sigmoid", 3)
+
+
+def test_classification_loss_smooths_labels_and_skips_invalid_rows():
+    rng = np.random.default_rng(0)
+    logits, labels = rng.normal(size=(4, 5)), np.array([0, 3, 4, 1])
+    valid = np.array([True, True, False, True])
+    sums = classification_metrics(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(valid), 0.1)
+    target = np.full((4, 5), 0.1 / 5) + 0.9 * np.eye(5)[labels]
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    assert float(sums["loss_sum"]) == pytest.approx(-(target * log_p).sum(-1)[valid].sum(), rel=1e-5)
+    assert float(sums["correct"]) == ((logits.argmax(-1) == labels) & valid).sum()
+    assert float(sums["examples"]) == 3
+    # A one-logit sigmoid head: binary cross-entropy against the smoothed probability of class 1.
+    logit, label = np.array([[1.5], [-0.5]]), np.array([1, 0])
+    sums = classification_metrics(jnp.asarray(logit), jnp.asarray(label), jnp.ones(2, bool), 0.2)
+    p, y = 1 / (1 + np.exp(-logit[:, 0])), np.where(label == 1, 0.9, 0.1)
+    assert float(sums["loss_sum"]) == pytest.approx(-(y * np.log(p) + (1 - y) * np.log(1 - p)).sum(), rel=1e-5)
+    assert float(sums["correct"]) == 2
 
 
 def test_max_pool_never_picks_padding():
@@ -111,14 +129,14 @@ def test_smoke_run_in_train_eval_predict_and_attention_modes(tmp_path):
     validation = json.loads((workdir / "eval" / "validation-4.json").read_text())
     assert 0 <= validation["accuracy"] <= 1 and validation["examples"] == 1537
 
-    verses = "Jesus wept.\nIn the beginning God created the heavens and the earth.\n\n"
-    result = launch(*args, "--mode=predict", stdin=verses)
+    verses = ["Jesus wept.", "In the beginning God created the heavens and the earth.", "",
+              "Then Peter said, Lord, to whom shall we go?", "And the LORD spoke to Moses, saying,"]
+    result = launch(*args, "--mode=predict", stdin="\n".join(verses) + "\n")
     assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.splitlines()
-    assert len(lines) == 3
-    for line in lines:
-        label, probability = line.split("\t")
-        assert label in ("old", "new") and 0.5 <= float(probability) <= 1
+    lines = result.stdout.split("\n")[:-1]
+    assert len(lines) == 5 and lines[2] == ""  # an empty line is answered with an empty line
+    expected = single_example_predictions(experiment_config("textcls_bible", "smoke"), args, [v for v in verses if v])
+    assert_predictions_in_order([line for line in lines if line], expected)
 
     result = launch(*args, "--mode=attention", "--head=0", stdin="Jesus wept.\n")
     assert result.returncode == 0, result.stderr[-3000:]

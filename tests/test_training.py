@@ -18,7 +18,7 @@ from ml_transformer.nn.blocks import BlockConfig
 from ml_transformer.tasks.translation import seq2seq_loss, translate
 from ml_transformer.train import loop, partitioning
 from ml_transformer.train.losses import token_metrics
-from ml_transformer.train.schedules import transformer_schedule
+from ml_transformer.train.schedules import make_schedule, transformer_schedule
 from ml_transformer.train.state import TrainState, make_optimizer
 from ml_transformer.train.steps import train_step
 
@@ -231,3 +231,43 @@ def test_a_non_finite_loss_stops_at_its_step_and_leaves_the_checkpoints_before_i
 
 def read_jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_transformer_schedule_scales_the_papers_formula():
+    config = toy_config(1, learning_rate=0.5, warmup_steps=10)
+    schedule = make_schedule(config)  # d_model 32
+    for count in [0, 4, 9, 10, 50]:
+        step = count + 1
+        assert float(schedule(count)) == pytest.approx(0.5 * 32**-0.5 * min(step**-0.5, step * 10**-1.5), rel=1e-6)
+
+
+def test_cosine_schedule_warms_up_linearly_then_follows_half_a_cosine():
+    config = toy_config(100, schedule="cosine", learning_rate=0.02, warmup_steps=10)
+    schedule = make_schedule(config)
+    for count in [0, 5, 10, 40, 75, 100]:
+        if count <= 10:
+            expected = 0.02 * count / 10
+        else:
+            expected = 0.02 * 0.5 * (1 + np.cos(np.pi * (count - 10) / 90))
+        assert float(schedule(count)) == pytest.approx(expected, rel=1e-5, abs=1e-9)
+
+
+def test_adamw_decays_weights_by_rate_times_decay_beside_the_adam_step():
+    """Adam's first step is the gradient's sign (m/sqrt(v) = g/|g|); AdamW adds lr·wd·param."""
+    config = toy_config(1, name="adamw", weight_decay=0.1, eps=1e-12)
+    tx = make_optimizer(config, optax.constant_schedule(0.01))
+    params = {"w": jnp.array([2.0, -4.0, 1.0])}
+    grads = {"w": jnp.array([0.5, 0.5, -3.0])}
+    updates, _ = tx.update(grads, tx.init(params), params)
+    expected = -0.01 * (np.sign(grads["w"]) + 0.1 * params["w"])
+    np.testing.assert_allclose(updates["w"], expected, rtol=1e-5)
+
+
+def test_logged_learning_rate_is_the_schedules_rate_of_the_last_step(tmp_path, mesh):
+    config = toy_config(10, learning_rate=0.5, warmup_steps=4)
+    loop.train(ReverseTask(dropout_rate=0.0), config, str(tmp_path), mesh)
+    logged = {r["step"]: r["train/learning_rate"] for r in read_jsonl(tmp_path / "metrics.jsonl")
+              if "train/learning_rate" in r}
+    assert sorted(logged) == [5, 10]  # log_every_steps 5
+    for step, rate in logged.items():  # the rate of the update that made step `step` (paper's step `step`)
+        assert rate == pytest.approx(0.5 * 32**-0.5 * min(step**-0.5, step * 4**-1.5), rel=1e-6)

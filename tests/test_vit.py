@@ -11,8 +11,10 @@ import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from conftest import experiment_config, launch
+from conftest import (assert_predictions_in_order, distinct_predictions, experiment_config, launch,
+                      single_example_predictions)
 from PIL import Image
+from sklearn.datasets import load_digits
 
 from ml_transformer import attention_maps
 from ml_transformer.models import vit
@@ -207,21 +209,22 @@ def _at(tree, path):
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
-    """A 6-step smoke run of experiments/vit_digits.py: (workdir, launch arguments)."""
+    """A 30-step smoke run of experiments/vit_digits.py (enough for its answers to differ
+    from image to image): (workdir, launch arguments)."""
     workdir, data_dir = tmp_path_factory.mktemp("run"), tmp_path_factory.mktemp("tfds")
     args = ["--config=experiments/vit_digits.py:smoke", f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
-            "--config.total_steps=6", "--config.eval_every_steps=3", "--config.checkpoint_every_steps=3"]
+            "--config.total_steps=30", "--config.eval_every_steps=15", "--config.checkpoint_every_steps=15"]
     result = launch(*args)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "test @ step 6" in result.stdout
+    assert "test @ step 30" in result.stdout
     return workdir, args
 
 
 def test_vit_digits_smoke_in_train_eval_predict_and_attention_modes(digits_run, tmp_path):
     workdir, args = digits_run
-    result = launch(*args, "--mode=eval", "--checkpoint=3", "--split=validation")
+    result = launch(*args, "--mode=eval", "--checkpoint=15", "--split=validation")
     assert result.returncode == 0, result.stderr[-3000:]
-    for split, step, count in (("test", 6, 270), ("validation", 3, 269)):
+    for split, step, count in (("test", 30, 270), ("validation", 15, 269)):
         metrics = json.loads((workdir / "eval" / f"{split}-{step}.json").read_text())
         assert metrics["examples"] == count and 0.0 <= metrics["accuracy"] <= 1.0
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -229,12 +232,18 @@ def test_vit_digits_smoke_in_train_eval_predict_and_attention_modes(digits_run, 
 
     blank = tmp_path / "blank.npy"
     np.save(blank, np.zeros((8, 8), np.uint8))
-    result = launch(*args, "--mode=predict", stdin=f"{blank}\n{blank}\n")
+    pool = [str(blank)]
+    for n, image in enumerate(load_digits().images[:40]):
+        pool.append(str(tmp_path / f"digit{n}.npy"))
+        np.save(pool[-1], (image * 16).clip(0, 255).astype(np.uint8))
+    paths, expected = distinct_predictions(pool, single_example_predictions(
+        experiment_config("vit_digits", "smoke"), args, pool))
+    assert len(paths) >= 5
+    result = launch(*args, "--mode=predict", stdin="\n".join([*paths, str(blank)]) + "\n")
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
-    assert len(lines) == 2 and lines[0] == lines[1]
-    label, probability = lines[0].split("\t")
-    assert label in [str(d) for d in range(10)] and 0.0 < float(probability) <= 1.0
+    assert len(lines) == len(paths) + 1 and lines[0] == lines[-1]
+    assert_predictions_in_order(lines[:-1], expected)
 
     result = launch(*args, "--mode=attention", stdin=f"{blank}\n")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -273,7 +282,7 @@ def test_a_checkpoint_restores_at_another_resolution(digits_run):
 
     mesh = partitioning.make_mesh()
     step, params, _ = loop.restore_params(Larger(), config, str(workdir), mesh)
-    assert step == 6
+    assert step == 30
     posemb = params[vit.POSITION_EMBEDDING]
     assert posemb.shape == (1, 1 + 36, config.model.d_model)
     assert model.apply({"params": params}, jnp.zeros((2, 12, 12, 1))).shape == (2, 10)

@@ -89,11 +89,15 @@ def train_tokenizer(texts: Iterable[str], model_path: str, vocab_size: int, *,
     The same texts and settings give the same model file.
     """
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
-        model_type=model_type, character_coverage=character_coverage,
-        pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
-        num_threads=_TRAIN_THREADS, minloglevel=2)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
+            model_type=model_type, character_coverage=character_coverage,
+            pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+            num_threads=_TRAIN_THREADS, minloglevel=2)
+    except RuntimeError as e:  # e.g. a vocabulary smaller than the characters it must cover
+        raise ValueError(f'config.data.vocab_size={vocab_size} with config.data.character_coverage='
+                         f'{character_coverage:g}: SentencePiece cannot train ({str(e).split("] ")[-1]})') from None
     directory = os.path.dirname(os.path.abspath(model_path))
     os.makedirs(directory, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=directory, suffix='.tmp', delete=False) as f:

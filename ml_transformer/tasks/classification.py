@@ -137,8 +137,9 @@ class ClassificationTask:
         metrics["examples"] = int(jax.device_get(sums)["examples"])
         return metrics, None
 
-    def predict(self, params, lines: list[str]) -> list[str]:
-        """'label<TAB>probability' of the most likely class for each raw input."""
+    def predict(self, params, lines: list[str], numbers: list[int]) -> list[str]:
+        """'label<TAB>probability' of the most likely class for each raw input (line
+        `numbers[i]` of the input is `lines[i]`)."""
         inputs = self.data.encode(lines)
         rows = partitioning.padded_rows(len(inputs), self.batch_multiple)
         padded = np.zeros((rows, *inputs.shape[1:]), inputs.dtype)
@@ -148,7 +149,8 @@ class ClassificationTask:
         names = self.data.label_names
         return [f"{names[p.argmax()]}\t{p.max():.4f}" for p in probs[: len(inputs)]]
 
-    def attention(self, params, lines: list[str], layer: int, head: int, out_dir: str) -> list[str]:
+    def attention(self, params, lines: list[str], numbers: list[int], layer: int, head: int,
+                  out_dir: str) -> list[str]:
         """For each input, encoder self-attention of one layer (and head, or the mean over
         heads) from the model's own forward pass: for an image, the class token's attention
         over the patches laid over the image; for a text, a heatmap over its tokens."""

@@ -44,6 +44,16 @@ def model_config(config, vocab_size: int, bos_id: int) -> Seq2SeqConfig:
     )
 
 
+def resolve_pair_settings(config) -> None:
+    """Fills the config fields left None that follow from `config.data.pair` (character
+    coverage, BLEU tokenization): after the command line's overrides, so that they follow
+    an overridden pair too."""
+    if config.data.character_coverage is None:
+        config.data.character_coverage = bible.CHARACTER_COVERAGE[config.data.pair]
+    if config.decode.bleu_tokenize is None:
+        config.decode.bleu_tokenize = bible.BLEU_TOKENIZE[config.data.pair]
+
+
 def prepare_tokenizer(config, builder, workdir: str) -> Tokenizer:
     """The run's tokenizer: `workdir/tokenizer.model`, else the joint one trained once on
     this pair's training split (cached beside the prepared data, named for its vocabulary
@@ -91,11 +101,18 @@ class TranslationTask:
     def __init__(self, config, workdir: str, mesh):
         self.config, self.mesh = config, mesh
         builder = bible.prepare(config.data.pair, config.data.data_dir or None)
+        resolve_pair_settings(config)
         self.sources = builder.as_data_source()
         self.tokenizer = prepare_tokenizer(config, builder, workdir)
         self.model = Seq2Seq(model_config(config, self.tokenizer.vocab_size, self.tokenizer.bos_id))
         self.batch_multiple = partitioning.row_multiple(mesh, config.micro_batches)
         self.eval_batch_size = partitioning.padded_rows(config.batch_size, self.batch_multiple)
+        # Decoding runs to the padded source length + extra_len positions, within max_len.
+        room = config.model.max_len - config.decode.extra_len
+        self.max_source_tokens = room // pipeline.EVAL_LENGTH_MULTIPLE * pipeline.EVAL_LENGTH_MULTIPLE
+        if self.max_source_tokens < 1:
+            raise ValueError(f"config.decode.extra_len={config.decode.extra_len}: leaves no room for a source "
+                             f"within config.model.max_len={config.model.max_len}")
         self._train_batches = None
         self._translate = jax.jit(
             functools.partial(
@@ -158,15 +175,30 @@ class TranslationTask:
         """Detokenized translations of encoded sources, in order."""
         return [self.tokenizer.decode(ids) for ids in self.search(params, inputs, beam_size)]
 
-    def predict(self, params, lines: list[str]) -> list[str]:
-        encoded = [np.asarray(ids, np.int32) for ids in self.tokenizer.encode_batch(lines)]
-        return self.translate_ids(params, encoded, self.config.decode.beam_size)
+    def encode_lines(self, lines: list[str], numbers: list[int]) -> list[np.ndarray]:
+        """Source ids of input lines (line `numbers[i]` of the input is `lines[i]`); a line
+        of more than `max_source_tokens` tokens (EOS included) is cut to them, with a
+        warning naming the line."""
+        encoded = pipeline.encode_texts(lines, self.tokenizer)
+        for i, (number, ids) in enumerate(zip(numbers, encoded)):
+            if len(ids) > self.max_source_tokens:
+                logging.warning("input line %d: %d tokens, more than the %d this model translates "
+                                "(config.model.max_len=%d, config.decode.extra_len=%d); translating its first %d",
+                                number, len(ids), self.max_source_tokens, self.config.model.max_len,
+                                self.config.decode.extra_len, self.max_source_tokens - 1)
+                encoded[i] = np.append(ids[: self.max_source_tokens - 1], self.tokenizer.eos_id).astype(np.int32)
+        return encoded
 
-    def attention(self, params, lines: list[str], layer: int, head: int, out_dir: str) -> list[str]:
+    def predict(self, params, lines: list[str], numbers: list[int]) -> list[str]:
+        """The translation of each input line (`encode_lines`)."""
+        return self.translate_ids(params, self.encode_lines(lines, numbers), self.config.decode.beam_size)
+
+    def attention(self, params, lines: list[str], numbers: list[int], layer: int, head: int,
+                  out_dir: str) -> list[str]:
         """For each source line and its beam-search translation, PNG heatmaps of encoder
         self-attention, decoder self-attention and encoder-decoder attention of one layer
         (and head, or the mean over heads), from the model's own forward pass."""
-        sources = [np.asarray(ids, np.int32) for ids in self.tokenizer.encode_batch(lines)]
+        sources = self.encode_lines(lines, numbers)
         paths = []
         for n, (source, target) in enumerate(zip(sources, self.search(params, sources, self.config.decode.beam_size))):
             _, state = self.model.apply({"params": params}, source[None], target[None], mutable=["intermediates"])

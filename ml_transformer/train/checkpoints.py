@@ -6,7 +6,9 @@ holds, apart from it, the state that scored best on `config.best_metric` at an e
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 from typing import Any, Callable
 
 import jax
@@ -30,19 +32,40 @@ def _registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
     return registry
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be saved; the ones saved before it are intact."""
+
+
+def _cause(error: BaseException) -> str:
+    """The innermost cause of an error, in one line (e.g. 'No space left on device')."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    text = str(error).strip()
+    if code := re.search(r"os_error_code='?(\d+)", text):  # TensorStore's report of a failed system call
+        return os.strerror(int(code.group(1)))
+    return f"{type(error).__name__}: {text.splitlines()[0][:300] if text else ''}"
+
+
 class Checkpoints:
     """Rolling checkpoints (keep the last `keep`) under `directory`, written asynchronously
     by a single process; several processes write synchronously, as the background commit
-    of an asynchronous save could wait forever on a process busy in a collective."""
+    of an asynchronous save could wait forever on a process busy in a collective. A save
+    is written to a temporary folder and renamed when complete; a writer (`write`, the run
+    that holds the workdir) removes the temporary folders of saves that never completed
+    when it opens the checkpoints. Without `write` (evaluation, prediction) nothing on disk
+    is changed: the folder is not even created."""
 
-    def __init__(self, directory: str, keep: int = 3):
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+    def __init__(self, directory: str, keep: int = 3, *, write: bool = False):
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=write, cleanup_tmp_directories=write,
                                                enable_async_checkpointing=jax.process_count() == 1)
         self.manager = ocp.CheckpointManager(
             os.path.abspath(directory),
             options=options,
             handler_registry=_registry(),
         )
+        self._saving: int | None = None  # the step of a save that may still run in the background
 
     def steps(self) -> list[int]:
         return list(self.manager.all_steps())
@@ -51,10 +74,31 @@ class Checkpoints:
         return self.manager.latest_step()
 
     def save(self, step: int, state, meta: dict | None = None) -> None:
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta or {})),
-        )
+        """Starts saving `state` as checkpoint `step` (in the background when asynchronous).
+        CheckpointError if this save, or one still running, fails."""
+        self.wait()
+        with self._failure(step):
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta or {})),
+            )
+        self._saving = step
+
+    def check(self) -> None:
+        """CheckpointError, naming the checkpoint and the cause, if a save that was running
+        in the background has failed."""
+        if self._saving is not None and not self.manager.is_saving_in_progress():
+            self.wait()
+
+    @contextlib.contextmanager
+    def _failure(self, step: int):
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - whatever failed, the checkpoint is not saved
+            self._saving = None
+            path = os.path.join(os.fspath(self.manager.directory), str(step))
+            raise CheckpointError(f"saving checkpoint {path} failed ({_cause(e)}); the checkpoints saved "
+                                  "before it are intact and the next start resumes from the latest") from e
 
     def restore(self, step: int, abstract_state):
         """The state saved at `step`, laid out like `abstract_state` (shapes, dtypes, shardings)."""
@@ -98,10 +142,19 @@ class Checkpoints:
         return int(which)
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Waits for a save running in the background; CheckpointError if it fails."""
+        if self._saving is not None:
+            with self._failure(self._saving):
+                self.manager.wait_until_finished()
+                self.manager.check_for_errors()
+            self._saving = None
 
     def close(self) -> None:
-        self.manager.close()
+        """Waits for a save running in the background (CheckpointError if it fails), then closes."""
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
 
 
 class BestCheckpoint:
@@ -109,7 +162,7 @@ class BestCheckpoint:
     otherwise) among the evaluations offered, in its own folder; survives resumption."""
 
     def __init__(self, directory: str, metric: str):
-        self.metric, self.store = metric, Checkpoints(directory, keep=1)
+        self.metric, self.store = metric, Checkpoints(directory, keep=1, write=True)
         step = self.store.latest_step()
         self.value = None if step is None else self.store.meta(step)[metric]
 
@@ -125,8 +178,11 @@ class BestCheckpoint:
         self.value = value
         return True
 
+    def check(self) -> None:
+        """CheckpointError if the last save has failed (`Checkpoints.check`)."""
+        self.store.check()
+
     def close(self) -> None:
-        self.store.wait()
         self.store.close()
 
 

@@ -27,6 +27,7 @@ from ml_transformer.train.metric_writers import MetricWriter, Progress
 from ml_transformer.train.schedules import make_schedule
 from ml_transformer.train.state import TrainState, make_optimizer
 from ml_transformer.train.steps import train_step
+from ml_transformer.workdir import save_config
 
 
 class NonFiniteLoss(RuntimeError):
@@ -52,8 +53,8 @@ class Restored(NamedTuple):
     name: str  # names the checkpoint in result files: the step, or e.g. 'avg5-2400'
 
 
-def _rolling(config, workdir: str) -> Checkpoints:
-    return Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+def _rolling(config, workdir: str, write: bool = False) -> Checkpoints:
+    return Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints, write=write)
 
 
 def _best_directory(workdir: str) -> str:
@@ -130,14 +131,17 @@ class Preempted(Exception):
 
 def train(task, config, workdir: str, mesh, profile_steps: tuple[int, int] | None = None) -> TrainState:
     """Trains to `config.total_steps`, resuming from the latest readable checkpoint in
-    `workdir`. SIGTERM saves a checkpoint at the end of the current step and raises
-    Preempted; `profile_steps` (A, B) writes a JAX profiler trace of steps A..B-1 to `DIR/profile`."""
+    `workdir`, which then gets the run's config.json. SIGTERM or Ctrl-C saves a checkpoint
+    at the end of the current step and raises Preempted; a failed save raises
+    CheckpointError at once; `profile_steps` (A, B) writes a JAX profiler trace of steps A..B-1 to `DIR/profile`."""
     tx, schedule, abstract, init = build_state(task, config, mesh)
-    checkpoints = _rolling(config, workdir)
+    checkpoints = _rolling(config, workdir, write=True)
     best = BestCheckpoint(_best_directory(workdir), config.best_metric)
     state, start = _resume(checkpoints, abstract)
     if state is None:
         state, start = init(), 0
+    if jax.process_index() == 0:  # only now: a refused resume leaves config.json as it was
+        save_config(workdir, config)
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
     logging.info("Model: %s parameters", f"{num_params:,}")
 
@@ -156,14 +160,17 @@ def train(task, config, workdir: str, mesh, profile_steps: tuple[int, int] | Non
     # Losses are checked for finite values when logged: always before anything is saved.
     logged_every = (config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps)
     step = start
-    batches = iter(task.train_batches()[start:].to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)))
+    batches = iter(()) if start == config.total_steps else iter(  # a finished run reads no data
+        task.train_batches()[start:].to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)))
     try:
-        with _StopRequest() as stop, _Profile(workdir, profile_steps) as profile:
+        with StopRequest() as stop, _Profile(workdir, profile_steps) as profile:
             while step < config.total_steps:
                 profile.at(step)
                 batch = partitioning.to_global(next(batches), mesh)
                 state, sums = step_fn(state, batch, dropout_rng)
                 pending.append(sums)
+                checkpoints.check()
+                best.check()
                 step += 1
                 last = step == config.total_steps
                 preempted = stop.requested(step)
@@ -180,14 +187,20 @@ def train(task, config, workdir: str, mesh, profile_steps: tuple[int, int] | Non
                     checkpoints.save(step, state, {"step": step})
                     progress.reset_clock()
                 if preempted:
-                    raise Preempted(f"stopped by SIGTERM after step {step}, saved a checkpoint; the next start resumes")
-    finally:
-        progress.close()
-        checkpoints.wait()
-        checkpoints.close()
-        best.close()
-        writer.close()
+                    raise Preempted(f"stopped by {stop.signal_name or 'SIGTERM'} after step {step}, saved a checkpoint; the next "
+                                    "start resumes")
+    except BaseException:  # the first failure is the one reported: closing ignores later ones
+        _close(progress, checkpoints, best, writer, quietly=True)
+        raise
+    _close(progress, checkpoints, best, writer)
     return state
+
+
+def _close(*closables, quietly: bool = False) -> None:
+    """Closes each (checkpoint stores wait for their saves); `quietly` ignores their errors."""
+    for closable in closables:
+        with contextlib.suppress(Exception) if quietly else contextlib.nullcontext():
+            closable.close()
 
 
 def _resume(checkpoints: Checkpoints, abstract) -> tuple[TrainState | None, int]:
@@ -217,26 +230,40 @@ def _set_aside(checkpoints: Checkpoints, step: int, error: Exception) -> None:
                     step, type(error).__name__, str(error).splitlines()[0] if str(error) else "", path)
 
 
-class _StopRequest:
-    """SIGTERM → stop at the end of the current step. With many processes JAX's preemption
-    service (which handles SIGTERM itself) makes them agree on the step."""
+class StopRequest:
+    """SIGTERM or Ctrl-C (SIGINT) → stop at the end of the current step; a second Ctrl-C
+    exits at once (a checkpoint being written is then left incomplete, in a temporary folder
+    that the next start removes). With many processes JAX's preemption service (which
+    handles SIGTERM itself) makes them agree on the step; Ctrl-C is passed on to it."""
 
     def __enter__(self):
-        self.signalled = False
+        self.signal_name = None
         self.multiprocess = jax.process_count() > 1
+        self.previous = {signal.SIGINT: signal.signal(signal.SIGINT, self._interrupt)}
         if not self.multiprocess:
-            self.previous = signal.signal(signal.SIGTERM, self._handle)
+            self.previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handle)
         return self
 
     def _handle(self, signum, frame):
-        self.signalled = True
+        self.signal_name = signal.Signals(signum).name
+
+    def _interrupt(self, signum, frame):
+        if self.signal_name == "SIGINT":
+            os.write(2, b"\nerror: interrupted twice: exited at once; the checkpoints saved before are intact\n")
+            os._exit(128 + signal.SIGINT)
+        self.signal_name = "SIGINT"
+        os.write(2, b"\nCtrl-C: stopping after this step with a checkpoint (Ctrl-C again to exit at once)\n")
+        if self.multiprocess:
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def requested(self, step: int) -> bool:
-        return multihost_utils.reached_preemption_sync_point(step) if self.multiprocess else self.signalled
+        if self.multiprocess:
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.signal_name is not None
 
     def __exit__(self, *exc):
-        if not self.multiprocess:
-            signal.signal(signal.SIGTERM, self.previous)
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
 
 
 class _Profile:
