@@ -1,7 +1,17 @@
 """Shared by the tests: running `launch.py` as a user would."""
 
+import atexit
 import importlib.util
 import os
+import shutil
+import tempfile
+
+# XLA's compilations are cached on disk for the session (this process and every launch.py it
+# starts): many tests compile the same small models.
+os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jax-cache-")
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 import socket
 import subprocess
 import sys
@@ -27,9 +37,15 @@ def smoke_args(workdir, data_dir) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory):
+def tfds_dir(tmp_path_factory):
+    """One TFDS data folder for the session: the Bible corpus is prepared there once."""
+    return tmp_path_factory.mktemp("tfds")
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, tfds_dir):
     """(workdir, data dir, launch result) of the translation smoke run on one device."""
-    workdir, data_dir = tmp_path_factory.mktemp("run"), tmp_path_factory.mktemp("data")
+    workdir, data_dir = tmp_path_factory.mktemp("run"), tfds_dir
     result = launch(*smoke_args(workdir, data_dir))
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir, data_dir, result

@@ -21,8 +21,8 @@ def _has_letter_or_digit(text):
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp('tfds'))
+def data_dir(tfds_dir):
+    return str(tfds_dir)
 
 
 @pytest.fixture(scope='module')

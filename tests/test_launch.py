@@ -21,12 +21,17 @@ def files(workdir) -> dict:
 
 
 def assert_same_run(workdir, other):
-    """Two runs of the smoke config logged the same metrics (within float32 rounding of
-    another device layout) and translated the test sentences alike."""
-    records = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-               for run in (workdir, other)]
+    """Two runs of the smoke config logged the same training metrics and final test metrics
+    (within float32 rounding of another device layout) and translated the test sentences alike."""
+    def train_records(run):
+        return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "train/loss" in line]
+
+    records = train_records(workdir), train_records(other)
     assert [sorted(r) for r in records[0]] == [sorted(r) for r in records[1]]
-    for one, two in zip(*records):
+    results = [json.loads((run / "eval" / f"test-{STEPS}-{DECODING}-first8.json").read_text())
+               for run in (workdir, other)]
+    for one, two in [*zip(*records), results]:
+        assert one.keys() == two.keys()
         for key in one.keys() - {"train/tokens_per_second"}:
             assert two[key] == pytest.approx(one[key], rel=1e-5), key
     tsv = f"test-{STEPS}-{DECODING}-first8.tsv"
@@ -72,7 +77,7 @@ def test_two_processes_of_four_devices_with_sharded_parameters_train_and_transla
     process 0."""
     workdir, data_dir, _ = trained
     outputs = launch_processes(tmp_path, *smoke_args(tmp_path, data_dir), "--config.mesh.data=2",
-                               "--config.mesh.fsdp=4", count=2, devices=4)
+                               "--config.mesh.fsdp=4", "--config.eval_every_steps=1000", count=2, devices=4)
     assert "test @ step 6" in outputs[0] and "test @ step" not in outputs[1]
     assert_same_run(workdir, tmp_path)
 

@@ -114,10 +114,10 @@ def test_dropout_only_in_training_and_inputs_longer_than_max_len_rejected(sigmoi
         model.apply(variables, tokens([3], width=MAX_LEN + 1))
 
 
-def test_smoke_run_in_train_eval_predict_and_attention_modes(tmp_path):
+def test_smoke_run_in_train_eval_predict_and_attention_modes(tmp_path, tfds_dir):
     workdir = tmp_path / "run"
     args = ["--config=experiments/textcls_bible.py:smoke", f"--workdir={workdir}",
-            f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.total_steps=4",
+            f"--config.data.data_dir={tfds_dir}", "--config.total_steps=4",
             "--config.eval_every_steps=4", "--config.checkpoint_every_steps=4"]
     result = launch(*args)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -22,8 +22,8 @@ def data_config(data_dir, **overrides):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("tfds")
+def data_dir(tfds_dir):
+    return tfds_dir
 
 
 @pytest.fixture(scope="module")
