@@ -19,8 +19,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from ml_transformer.models.seq2seq import Seq2Seq
-from ml_transformer.tasks.translation import model_config
-from ml_transformer.train.losses import token_metrics
+from ml_transformer.tasks.translation import model_config, seq2seq_loss
 from ml_transformer.train.schedules import make_schedule
 from ml_transformer.train.state import TrainState, make_optimizer
 from ml_transformer.train.steps import train_step
@@ -36,21 +35,14 @@ FLAGS = flags.FLAGS
 def time_variant(config, length: int, steps: int) -> tuple[float, int]:
     vocab_size = config.data.vocab_size
     model = Seq2Seq(model_config(config, vocab_size, bos_id=2))
-    smoothing = config.optimizer.label_smoothing
-
-    def loss_fn(params, batch, rng, train):
-        logits = model.apply({"params": params}, batch["inputs"], batch["targets"], train=train,
-                             rngs={"dropout": rng})
-        sums = token_metrics(logits, batch["targets"], smoothing)
-        return sums["loss_sum"] / sums["tokens"], sums
-
+    loss_fn = functools.partial(seq2seq_loss, model, config.optimizer.label_smoothing)
     tx = make_optimizer(config, make_schedule(config))
     rows = max(1, config.data.batch_tokens // length)
     rng = np.random.default_rng(0)
     batch = {k: jnp.asarray(rng.integers(4, vocab_size, (rows, length)), jnp.int32) for k in ("inputs", "targets")}
     params = jax.jit(model.init)(jax.random.key(0), batch["inputs"][:1], batch["targets"][:1])["params"]
     state = TrainState.create(params, tx)
-    step = jax.jit(functools.partial(train_step, loss_fn=loss_fn, tx=tx), donate_argnums=0)
+    step = jax.jit(functools.partial(train_step, loss_fn=loss_fn, tx=tx, unit="tokens"), donate_argnums=0)
     key = jax.random.key(1)
     state, m = step(state, batch, key)
     jax.block_until_ready(m)
