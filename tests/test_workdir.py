@@ -5,6 +5,7 @@ config values, result names per decoding setting, and BLEU recomputed from the T
 import csv
 import json
 import os
+import pathlib
 import resource
 import shutil
 import signal
@@ -255,6 +256,6 @@ def test_bleu_is_sacrebleu_of_the_tsv_each_hypothesis_beside_its_source(tfds_dir
     assert [row[2] for row in tsv] == [task.tokenizer.decode(table[tuple(s)]) for s in sources[:300]]
     hypotheses, references = [row[2] for row in tsv], [row[1] for row in tsv]
     recomputed = sacrebleu.corpus_bleu(hypotheses, [references], tokenize=tokenize).score
-    assert json.loads(open(stem + ".json").read())["bleu"] == pytest.approx(recomputed, abs=1e-9)
+    assert json.loads(pathlib.Path(stem + ".json").read_text())["bleu"] == pytest.approx(recomputed, abs=1e-9)
     words = sacrebleu.corpus_bleu(hypotheses, [references], tokenize="13a").score
     assert 5 < recomputed < 95 and abs(recomputed - words) > 1  # the tokenization matters
