@@ -17,10 +17,10 @@ class WorkdirError(ValueError):
     """A workdir that cannot be used: in use, not a folder, not writable."""
 
 
-def describe(error: OSError, what: str = "") -> str:
+def describe(error: OSError) -> str:
     """'PATH: cause' for an OSError (e.g. 'runs/x/eval: Read-only file system')."""
     cause = error.strerror or str(error)
-    return f"{what or error.filename}: {cause}" if (what or error.filename) else cause
+    return f"{error.filename}: {cause}" if error.filename else cause
 
 
 def create(workdir: str) -> None:

@@ -187,8 +187,8 @@ def train(task, config, workdir: str, mesh, profile_steps: tuple[int, int] | Non
                     checkpoints.save(step, state, {"step": step})
                     progress.reset_clock()
                 if preempted:
-                    raise Preempted(f"stopped by {stop.signal_name or 'SIGTERM'} after step {step}, saved a checkpoint; the next "
-                                    "start resumes")
+                    raise Preempted(f"stopped by {stop.signal_name or 'SIGTERM'} after step {step}, saved a "
+                                    "checkpoint; the next start resumes")
     except BaseException:  # the first failure is the one reported: closing ignores later ones
         _close(progress, checkpoints, best, writer, quietly=True)
         raise
