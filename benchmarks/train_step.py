@@ -1,15 +1,25 @@
-"""Train-step time of the translation model under variants, measured side by side.
+r"""Train-step speed of the translation model: time, XLA-counted FLOPs, their share of the
+cores' matmul figure, and whether the input pipeline keeps up with the step.
 
-  python benchmarks/train_step.py [--config=experiments/translate_bible.py] [--length=48] [--steps=5] \
-      [--variant='name:model.d_ff=512,data.vocab_size=4000' ...]
+  python benchmarks/train_step.py [--config=experiments/translate_bible.py] [--rows=64] [--length=32] \
+      [--steps=5] [--data_steps=40] [--variant='name:model.d_ff=1024,...' ...] [--config.KEY=VALUE ...]
 
-Each variant compiles one step at a fixed bucket shape (`--length` tokens per row,
-`data.batch_tokens // length` rows), then times `--steps` steps (median). Without
-`--variant`: the config as is, without dropout, and with the 'rbg' PRNG for dropout.
+First the figure the step is compared with: a dense 2048 x 2048 matmul through XLA, in float32
+and in bfloat16. Then, per variant (config overrides; by default the config as it is), the
+training loop's own step (`loop.compile_train_step`) on a fixed batch of `--rows` x `--length`
+tokens per side: median seconds per step, FLOPs of the compiled step (XLA's cost analysis),
+FLOP/s and their share of the float32 matmul figure. With `--data_steps` N > 0, the first
+variant then trains N steps on the corpus's own batches, read as the loop reads them
+(`loop.read_ahead`: a thread prepares the next batch while the step runs), and the same N
+batches already on the device: the first time over the second is what the input pipeline
+costs (goal: at most 1.05). Beside it: the time to produce one batch on the host, and the
+non-padding source+target tokens per second (the figure `benchmarks/pytorch_marian.py` gives
+for PyTorch).
 """
 
 import functools
 import statistics
+import tempfile
 import time
 
 import jax
@@ -18,58 +28,98 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from ml_transformer.models.seq2seq import Seq2Seq
-from ml_transformer.tasks.translation import model_config, seq2seq_loss
-from ml_transformer.train.schedules import make_schedule
-from ml_transformer.train.state import TrainState, make_optimizer
-from ml_transformer.train.steps import train_step
+from ml_transformer.tasks.translation import TranslationTask
+from ml_transformer.train import loop, partitioning, throughput
 
 config_flags.DEFINE_config_file("config", "experiments/translate_bible.py", "Experiment config.")
-flags.DEFINE_integer("length", 48, "Padded sequence length of the benchmark batch.")
-flags.DEFINE_integer("steps", 5, "Timed steps per variant.")
-flags.DEFINE_multi_string("variant", ["as_is:", "no_dropout:model.dropout_rate=0.0", "rbg:"],
-                          "name:key=value,... config overrides; the name 'rbg' also switches the PRNG.")
+flags.DEFINE_integer("rows", 64, "Rows of the fixed benchmark batch.")
+flags.DEFINE_integer("length", 32, "Tokens per row and side of the fixed benchmark batch.")
+flags.DEFINE_integer("steps", 5, "Timed steps per variant on the fixed batch (median).")
+flags.DEFINE_integer("data_steps", 40, "Steps on the corpus's batches (0: skip).")
+flags.DEFINE_multi_string("variant", ["as_is:"], "name:key=value,... config overrides.")
 FLAGS = flags.FLAGS
 
 
-def time_variant(config, length: int, steps: int) -> tuple[float, int]:
-    vocab_size = config.data.vocab_size
-    model = Seq2Seq(model_config(config, vocab_size, bos_id=2))
-    loss_fn = functools.partial(seq2seq_loss, model, config.optimizer.label_smoothing)
-    tx = make_optimizer(config, make_schedule(config))
-    rows = max(1, config.data.batch_tokens // length)
-    rng = np.random.default_rng(0)
-    batch = {k: jnp.asarray(rng.integers(4, vocab_size, (rows, length)), jnp.int32) for k in ("inputs", "targets")}
-    params = jax.jit(model.init)(jax.random.key(0), batch["inputs"][:1], batch["targets"][:1])["params"]
-    state = TrainState.create(params, tx)
-    step = jax.jit(functools.partial(train_step, loss_fn=loss_fn, tx=tx, unit="tokens"), donate_argnums=0)
-    key = jax.random.key(1)
-    state, m = step(state, batch, key)
-    jax.block_until_ready(m)
+def with_overrides(config, overrides: str):
+    config = config.copy_and_resolve_references()
+    for item in filter(None, overrides.split(",")):
+        key, value = item.split("=")
+        *path, leaf = key.split(".")
+        node = functools.reduce(getattr, path, config)
+        setattr(node, leaf, type(getattr(node, leaf))(value))
+    return config
+
+
+def run_steps(step, state, batches, rng):
+    """(state after the steps, seconds they took until the last one finished, FLOPs of the last)."""
+    start = time.perf_counter()
+    for batch in batches:
+        state, sums, flops = step(state, batch, rng)
+    jax.block_until_ready(sums)
+    return state, time.perf_counter() - start, flops
+
+
+def fixed_batch(step, state, task, mesh, rng):
+    """(state, median seconds per step, FLOPs per step) on a fixed random batch."""
+    tokens = np.random.default_rng(0).integers(4, task.tokenizer.vocab_size, (2, FLAGS.rows, FLAGS.length))
+    batch = partitioning.to_global({"inputs": tokens[0].astype(np.int32), "targets": tokens[1].astype(np.int32)}, mesh)
+    state, _, flops = run_steps(step, state, [batch], rng)  # compiles
     times = []
-    for _ in range(steps):
+    for _ in range(FLAGS.steps):
+        state, seconds, _ = run_steps(step, state, [batch], rng)
+        times.append(seconds)
+    return state, statistics.median(times), flops
+
+
+def real_data(step, state, task, mesh, rng, count: int) -> str:
+    """The loop's input path against the same batches held on the device."""
+    dataset = task.train_batches()
+    host_seconds = []
+    for i in range(count):
         start = time.perf_counter()
-        state, m = step(state, batch, key)
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), rows * length
+        dataset[i]
+        host_seconds.append(time.perf_counter() - start)
+    host = [dataset[i] for i in range(count)]
+    held = [partitioning.to_global(batch, mesh) for batch in host]
+    shapes = {batch["inputs"].shape: batch for batch in held}
+    state, _, _ = run_steps(step, state, shapes.values(), rng)  # compiles each shape once
+    timings = {"read": [], "held": []}
+    for _ in range(2):  # alternated, the faster of two kept: the machine's noise aside
+        batches = loop.read_ahead(task, 0, mesh)
+        state, seconds, _ = run_steps(step, state, (next(batches) for _ in range(count)), rng)
+        timings["read"].append(seconds)
+        state, seconds, _ = run_steps(step, state, held, rng)
+        timings["held"].append(seconds)
+    read, on_device = min(timings["read"]), min(timings["held"])
+    real_tokens = sum(int(np.count_nonzero(b["inputs"]) + np.count_nonzero(b["targets"])) for b in host)
+    return (f"real data, {count} steps: {read / count:.3f} s/step as the loop reads them, {on_device / count:.3f} "
+            f"s/step held on the device ({read / on_device:.3f}x); a batch takes "
+            f"{statistics.median(host_seconds) * 1e3:.2f} ms to produce on the host; "
+            f"{real_tokens / read:,.0f} non-padding source+target tokens/s")
 
 
 def main(_):
+    f32 = throughput.matmul_flops(dtype=jnp.float32)
+    bf16 = throughput.matmul_flops(dtype=jnp.bfloat16)
+    print(f"matmul 2048x2048 through XLA: float32 {f32 / 1e9:,.0f} GFLOP/s, bfloat16 {bf16 / 1e9:,.0f} GFLOP/s "
+          f"({bf16 / f32:.2f}x)", flush=True)
     first = None
-    for variant in FLAGS.variant:
+    for n, variant in enumerate(FLAGS.variant):
         name, _, overrides = variant.partition(":")
-        config = FLAGS.config.copy_and_resolve_references()
-        for item in filter(None, overrides.split(",")):
-            key, value = item.split("=")
-            *path, leaf = key.split(".")
-            node = functools.reduce(getattr, path, config)
-            setattr(node, leaf, type(getattr(node, leaf))(value))
-        jax.config.update("jax_default_prng_impl", "rbg" if name == "rbg" else "threefry2x32")
-        seconds, tokens = time_variant(config, FLAGS.length, FLAGS.steps)
-        first = first or seconds
-        print(f"{name:14s} {seconds:.3f} s/step  {tokens / seconds:,.0f} padded target tokens/s  "
-              f"({seconds / first:.2f}x the first)", flush=True)
+        config = with_overrides(FLAGS.config, overrides)
+        mesh = partitioning.mesh_from_config(config)
+        with tempfile.TemporaryDirectory() as workdir:
+            task = TranslationTask(config, workdir, mesh)
+            tx, _, abstract, init = loop.build_state(task, config, mesh)
+            step = loop.compile_train_step(task, config, mesh, tx, abstract)
+            rng = jax.random.key(0)
+            state, seconds, flops = fixed_batch(step, init(), task, mesh, rng)
+            first = first or seconds
+            print(f"{name}: {seconds:.3f} s/step on {FLAGS.rows}x{FLAGS.length} ({seconds / first:.2f}x the first), "
+                  f"{flops:.3g} FLOP/step, {flops / seconds / 1e9:,.0f} GFLOP/s = {flops / seconds / f32:.0%} of "
+                  "the float32 matmul", flush=True)
+            if n == 0 and FLAGS.data_steps:
+                print(real_data(step, state, task, mesh, rng, FLAGS.data_steps), flush=True)
 
 
 if __name__ == "__main__":

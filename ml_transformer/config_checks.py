@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import numbers
 
+from ml_transformer.decode import PENALTIES
+
 DTYPES = ("float32", "bfloat16", "float16")
 ZERO_ALLOWED = ("warmup_steps", "grad_clip_norm", "weight_decay", "mixup_alpha", "crop_padding",
-                "final_examples", "extra_len", "seed", "batch_tokens", "samples", "min_len")
+                "final_examples", "extra_len", "seed", "batch_tokens", "samples", "min_len", "alpha")
 
 
 def validate(config) -> None:
@@ -22,6 +24,11 @@ def validate(config) -> None:
         if model.d_model % model.num_heads:
             raise ValueError(f"config.model.num_heads={model.num_heads}: must divide "
                              f"config.model.d_model={model.d_model} (d_k = d_model / h)")
+    decode = config.get("decode") or {}
+    if "length_penalty" in decode and decode.length_penalty not in PENALTIES:
+        raise ValueError(f"config.decode.length_penalty={decode.length_penalty!r}: not one of {', '.join(PENALTIES)}")
+    if "alphas" in decode and (not decode.alphas or any(not isinstance(a, numbers.Real) or a < 0 for a in decode.alphas)):
+        raise ValueError(f"config.decode.alphas={decode.alphas}: must be one or more numbers >= 0")
     if config.get("best_metric") == "":
         raise ValueError("config.best_metric: empty; name a validation metric, e.g. accuracy or bleu")
 
@@ -43,7 +50,7 @@ def _check_field(path: str, name: str, value) -> None:
         if value < 0:
             raise ValueError(f"config.{path}={value}: must not be negative")
     elif name in ("learning_rate", "eps", "batch_size", "keep_checkpoints", "micro_batches", "vocab_size",
-                  "max_len", "d_model", "d_ff", "num_heads", "image_size", "patch_size", "beam_size") or name.endswith(("_steps", "_layers")):
+                  "max_len", "d_model", "d_ff", "num_heads", "image_size", "patch_size", "beam_size", "tune_examples") or name.endswith(("_steps", "_layers")):
         if value <= 0:
             raise ValueError(f"config.{path}={value}: must be positive")
 

@@ -18,7 +18,7 @@ position gets EOS there, so every output ends with EOS; beam search scores that 
 the model's own probability. `min_len` forbids EOS before that many tokens (at most
 limit - 1): with `min_len=1` no output is empty, which a weakly trained model would
 otherwise often prefer under beam search. Every search is traceable inside one
-`jax.jit`, with `batch_size`, `beam_size`, `max_len`, `min_len`, `bos_id`, `eos_id`,
+`jax.jit`, with `batch_size`, `beam_size`, `max_len`, `min_len`, `bos_id`, `eos_id`, `penalty`,
 `temperature`, `top_k` and `top_p` static Python values.
 """
 
@@ -159,15 +159,26 @@ def gather_beams(tree: Any, beam_indices: Array) -> Any:
     return jax.tree.map(gather, tree)
 
 
-def length_penalty(length: Array | int, alpha: Array | float) -> Array:
-    """GNMT length penalty ((5 + length) / 6) ** alpha (Wu et al., 2016)."""
-    return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
+PENALTIES = ("gnmt", "power")
+
+
+def length_penalty(length: Array | int, alpha: Array | float, form: str = "gnmt") -> Array:
+    """The length penalty that beam search divides a log-probability by: 'gnmt'
+    ((5 + length) / 6) ** alpha (Wu et al., 2016), or 'power' length ** alpha (the form of
+    Hugging Face transformers' `length_penalty`, stronger at the same alpha)."""
+    length = jnp.asarray(length, jnp.float32)
+    if form == "gnmt":
+        return ((5.0 + length) / 6.0) ** alpha
+    if form == "power":
+        return length ** alpha
+    raise ValueError(f"length penalty {form!r}: not one of {', '.join(PENALTIES)}")
 
 
 def beam_search(step_fn: StepFn, state: Any, *, batch_size: int, beam_size: int,
                 alpha: Array | float, max_len: int, bos_id: int, eos_id: int,
-                max_lens: Array | None = None, min_len: int = 0) -> tuple[Array, Array]:
-    """Beam search with the GNMT length penalty.
+                max_lens: Array | None = None, min_len: int = 0,
+                penalty: str = "gnmt") -> tuple[Array, Array]:
+    """Beam search with a length penalty (`length_penalty` of form `penalty`).
 
     A finished hypothesis Y (EOS counted in |Y|) scores log P(Y) / length_penalty(|Y|).
     Each step extends the `beam_size` alive hypotheses: their best `beam_size` non-EOS
@@ -176,7 +187,7 @@ def beam_search(step_fn: StepFn, state: Any, *, batch_size: int, beam_size: int,
     its worst kept finished one: log-probabilities only decrease, so an alive hypothesis
     with log-probability L <= 0 and n tokens ends with a score of at most
     L / max(length_penalty(n + 1), length_penalty(limit)), the penalty being monotone in
-    the length for any alpha. The loop ends when every example is settled.
+    the length for any alpha >= 0. The loop ends when every example is settled.
     With beam_size 1 the alive hypothesis follows greedy search's path, and the result is
     greedy's output unless ending that path earlier with EOS scores higher.
 
@@ -186,11 +197,11 @@ def beam_search(step_fn: StepFn, state: Any, *, batch_size: int, beam_size: int,
     """
     limits = _length_limits(batch_size, max_len, max_lens)
     neg_inf = jnp.float32(-jnp.inf)
+    lp = lambda length: length_penalty(length, alpha, penalty)  # noqa: E731
 
     def cond(carry):
         i, _, alive_logp, _, finished_scores, _ = carry
-        best_reachable = jnp.max(alive_logp, axis=1) / jnp.maximum(
-            length_penalty(i + 1, alpha), length_penalty(limits, alpha))
+        best_reachable = jnp.max(alive_logp, axis=1) / jnp.maximum(lp(i + 1), lp(limits))
         settled = best_reachable <= jnp.min(finished_scores, axis=1)
         return (i < max_len) & ~jnp.all(settled)
 
@@ -203,7 +214,7 @@ def beam_search(step_fn: StepFn, state: Any, *, batch_size: int, beam_size: int,
         logprobs = jax.nn.log_softmax(logits, axis=-1)
         extended = alive_logp[:, :, None] + logprobs.reshape(batch_size, beam_size, vocab_size)
 
-        ended_scores = extended[:, :, eos_id] / length_penalty(i + 1, alpha)
+        ended_scores = extended[:, :, eos_id] / lp(i + 1)
         ended_seqs = alive_seqs.at[:, :, i].set(eos_id)
         finished_scores, best = jax.lax.top_k(
             jnp.concatenate([finished_scores, ended_scores], axis=1), beam_size)

@@ -25,13 +25,14 @@ def bleu(hypotheses: list[str], references: list[str], tokenize: str = "13a") ->
 def result_name(config, split: str, checkpoint: str) -> str:
     """The name of an evaluation's files: `<split>-<checkpoint>`, and for tasks that decode,
     every decoding setting that changes the outputs (`test-3600-greedy-max+50-min1`,
-    `test-3600-beam4-alpha0.6-max+50-min1-first64`), so that evaluations with other
-    settings are kept beside it."""
+    `test-3600-beam4-alpha0.6-max+50-min1-first64`; `beam4-tuned` when the length penalty
+    is chosen on validation data), so that evaluations with other settings are kept beside it."""
     name = f"{split}-{checkpoint}"
     decode = config.get("decode")
     if decode is None or "beam_size" not in decode:
         return name
-    search = "greedy" if decode.beam_size == 1 else f"beam{decode.beam_size}-alpha{decode.alpha:g}"
+    alpha = "tuned" if decode.alpha is None else f"alpha{decode.alpha:g}"
+    search = "greedy" if decode.beam_size == 1 else f"beam{decode.beam_size}-{alpha}"
     name += f"-{search}-max+{decode.extra_len}-min{decode.min_len}"
     return name + (f"-first{decode.final_examples}" if decode.final_examples else "")
 

@@ -63,11 +63,13 @@ def run(config, workdir: str, mode: str = "train", *, checkpoint: str = "latest"
             report(task, loop.restore_params(task, config, workdir, mesh, checkpoint), workdir, split)
         elif mode == "predict":
             restored = loop.restore_params(task, config, workdir, mesh, checkpoint)
+            choose_decoding(task, restored, workdir)
             answers = task.predict(restored.params, inputs.lines, inputs.numbers)
             if lead:
                 print("".join(f"{answer}\n" for answer in inputs.place(answers)), end="", flush=True)
         else:
             restored = loop.restore_params(task, config, workdir, mesh, checkpoint)
+            choose_decoding(task, restored, workdir)
             out_dir = os.path.join(workdir, "attention", restored.name)
             for path in task.attention(restored.params, inputs.lines, inputs.numbers, layer, head, out_dir):
                 print(path)
@@ -93,9 +95,17 @@ def _held(workdir: str, write: bool):
         yield
 
 
+def choose_decoding(task, restored: loop.Restored, workdir: str) -> None:
+    """Lets a task that decodes settle what its config leaves to validation data (the length
+    penalty of translation's beam search) for this checkpoint."""
+    if hasattr(task, "choose_decoding"):
+        task.choose_decoding(restored.params, restored.name, workdir)
+
+
 def report(task, restored: loop.Restored, workdir: str, split: str) -> dict:
     """Full evaluation of a split: prints a summary, then writes
     eval/<result name>.{json,tsv} (`evaluate.result_name`)."""
+    choose_decoding(task, restored, workdir)
     params, step = restored.params, restored.step
     metrics, rows = task.evaluate(params, split, step, full=True)
     logging.info("%s @ %d: %s", split, step, metrics)

@@ -70,6 +70,15 @@ def save_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
+def read_json(path: str):
+    """The JSON value in `path`, or None if there is none or it cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def save_config(workdir: str, config) -> None:
     """`workdir/config.json`: the resolved config of the run."""
     save_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))

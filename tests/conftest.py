@@ -23,7 +23,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 6  # of the translation smoke run shared by the tests (`trained`)
-DECODING = "beam4-alpha0.6-max+10-min1"  # the smoke config's decoding settings, as result names hold them
+DECODING = "beam4-tuned-max+10-min1"  # the smoke config's decoding settings, as result names hold them
 
 
 def smoke_args(workdir, data_dir) -> list[str]:

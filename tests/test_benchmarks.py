@@ -1,16 +1,50 @@
-"""The benchmark scripts run (at tiny sizes): a changed signature fails here, not for a user."""
+"""Every script in benchmarks/ runs here at a tiny size: a changed signature fails a test,
+not a user."""
 
 import subprocess
 import sys
 
-from conftest import ROOT
+from conftest import ROOT, smoke_args
 
 
-def test_train_step_benchmark_times_its_variants_side_by_side():
-    result = subprocess.run(
-        [sys.executable, "benchmarks/train_step.py", "--config=experiments/translate_bible.py:smoke", "--length=16",
-         "--steps=1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+def run(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, f"benchmarks/{script}", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_train_step_benchmark_reports_flops_matmul_share_and_the_input_pipeline(tfds_dir):
+    result = run("train_step.py", "--config=experiments/translate_bible.py:smoke", f"--config.data.data_dir={tfds_dir}",
+                 "--rows=8", "--length=16", "--steps=1", "--data_steps=2", "--variant=as_is:",
+                 "--variant=wide:model.d_ff=128")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if not line.startswith(("Downloading", "Dataset"))]
+    assert lines[0].startswith("matmul 2048x2048 through XLA: float32 ")
+    assert lines[1].startswith("as_is: ") and "(1.00x the first)" in lines[1] and "of the float32 matmul" in lines[1]
+    assert lines[2].startswith("real data, 2 steps: ") and "non-padding source+target tokens/s" in lines[2]
+    assert lines[3].startswith("wide: ") and "FLOP/step" in lines[3]
+
+
+def test_decode_benchmark_times_searches_with_and_without_the_cache(trained):
+    workdir, data_dir, _ = trained
+    config_args = [arg for arg in smoke_args(workdir, data_dir) if arg.startswith("--config")]
+    result = run("decode.py", *config_args, f"--workdir={workdir}", "--split=validation", "--count=8",
+                 "--uncached_count=4")
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
-    assert [line.split()[0] for line in lines] == ["as_is", "no_dropout", "rbg"]
-    assert lines[0].endswith("(1.00x the first)") and all(" s/step " in line for line in lines)
+    assert lines[0].startswith("step 6, validation: 8 sentences")
+    assert lines[1].startswith("greedy: 8 sentences in ") and lines[2].startswith("beam 4: 8 sentences in ")
+    assert "recomputing the prefix" in lines[3] and lines[4].startswith("beam 4, 4 sentences: ")
+
+
+def test_classifier_baselines_fit_the_classical_rows():
+    result = run("classifier_baselines.py", "--only=digits", "--skip_transformers")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "SVC" in result.stdout
+
+
+def test_the_pytorch_reference_says_where_it_runs_when_torch_is_missing():
+    result = run("pytorch_marian.py", "--steps=1")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: torch is not installed; this reference runs in a separate venv with torch and transformers "
+        "(see the docstring of benchmarks/pytorch_marian.py)"]

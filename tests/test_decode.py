@@ -10,7 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import experiment_config
 from ml_transformer import decode
+from ml_transformer.tasks.translation import TranslationTask
+from ml_transformer.train import loop, partitioning
 
 V = 5
 PAD, BOS, EOS = 0, 1, 2
@@ -70,17 +73,17 @@ def compiled(search, toy, **static):
     return jax.jit(lambda *args, **kwargs: search(toy.step, *args, **static, **kwargs))
 
 
-def penalty(length: int, alpha: float) -> float:
-    return ((5.0 + length) / 6.0) ** alpha
+def penalty(length: int, alpha: float, form: str = "gnmt") -> float:
+    return ((5.0 + length) / 6.0) ** alpha if form == "gnmt" else float(length) ** alpha
 
 
-def score(toy: Toy, b: int, seq, alpha: float) -> float:
+def score(toy: Toy, b: int, seq, alpha: float, form: str = "gnmt") -> float:
     """Length-penalised log-probability of `seq` (EOS included) for example b."""
     fed, total = [BOS], 0.0
     for token in seq:
         total += toy.logprobs(b, fed)[token]
         fed.append(token)
-    return total / penalty(len(seq), alpha)
+    return total / penalty(len(seq), alpha, form)
 
 
 def hypothesis(row: np.ndarray, limit: int) -> tuple:
@@ -175,17 +178,17 @@ def test_beam_size_one_equals_greedy():
     np.testing.assert_array_equal(np.asarray(tokens)[:, 0], greedy)
 
 
-@pytest.mark.parametrize("alpha", [0.0, 0.6])
-def test_large_beam_finds_best_hypotheses_by_enumeration(alpha):
+@pytest.mark.parametrize("alpha,form", [(0.0, "gnmt"), (0.6, "gnmt"), (1.0, "power")])
+def test_large_beam_finds_best_hypotheses_by_enumeration(alpha, form):
     max_len, limits, beam = 4, [4, 2, 3], len(NON_EOS) ** 3  # every alive prefix fits
     search = compiled(decode.beam_search, TOY, batch_size=3, beam_size=beam, max_len=max_len,
-                      bos_id=BOS, eos_id=EOS)
+                      bos_id=BOS, eos_id=EOS, penalty=form)
     tokens, scores = search(TOY.init_state(3), alpha=alpha, max_lens=jnp.array(limits))
     tokens, scores = np.asarray(tokens), np.asarray(scores)
     for b, limit in enumerate(limits):
         every = [body + (EOS,)
                  for n in range(limit) for body in itertools.product(NON_EOS, repeat=n)]
-        exact = sorted(((seq, score(TOY, b, seq, alpha)) for seq in every), key=lambda h: -h[1])
+        exact = sorted(((seq, score(TOY, b, seq, alpha, form)) for seq in every), key=lambda h: -h[1])
         found = min(beam, len(exact))
         assert exact[0][1] - exact[1][1] > 1e-3
         assert hypothesis(tokens[b, 0], limit) == exact[0][0]
@@ -193,7 +196,7 @@ def test_large_beam_finds_best_hypotheses_by_enumeration(alpha):
         assert (scores[b, found:] == -np.inf).all() and not tokens[b, found:].any()
         for k in range(found):
             seq = hypothesis(tokens[b, k], limit)
-            np.testing.assert_allclose(scores[b, k], score(TOY, b, seq, alpha), atol=1e-4)
+            np.testing.assert_allclose(scores[b, k], score(TOY, b, seq, alpha, form), atol=1e-4)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.6, 2.0])
@@ -208,6 +211,33 @@ def test_beam_search_matches_numpy_beam_search(alpha):
         expected = numpy_beam(TOY, b, beam, alpha, limit)
         assert [hypothesis(row, limit) for row in tokens[b]] == [seq for seq, _ in expected]
         np.testing.assert_allclose(scores[b], [s for _, s in expected], atol=1e-4)
+
+
+def test_length_penalty_forms_match_their_formulas():
+    lengths = jnp.array([1, 4, 30])
+    np.testing.assert_allclose(decode.length_penalty(lengths, 0.6, "gnmt"), ((5 + np.array([1, 4, 30])) / 6) ** 0.6,
+                               rtol=1e-6)
+    np.testing.assert_allclose(decode.length_penalty(lengths, 0.6, "power"), np.array([1, 4, 30]) ** 0.6, rtol=1e-6)
+    with pytest.raises(ValueError, match="length penalty 'linear'"):
+        decode.length_penalty(lengths, 1.0, "linear")
+
+
+def test_beam_search_does_not_stop_at_a_shorter_worse_hypothesis():
+    """Alpha 0: [EOS] (p 0.45) is found first, then [3, EOS] (0.55 * 0.99), more likely. A
+    search that stopped once its best candidate had ended, or once `beam_size` had
+    ended, would return [EOS]."""
+    first = jnp.log(jnp.array([1e-9, 1e-9, 0.45, 0.55, 1e-9]))
+    then = jnp.log(jnp.array([1e-9, 1e-9, 0.99, 0.01, 1e-9]))
+
+    def step(tokens, state):
+        logits = jnp.where(state["step"] == 0, first, then)
+        return jnp.tile(logits, (tokens.shape[0], 1)), {"step": state["step"] + 1}
+
+    for beam in (1, 2):
+        tokens, scores = jax.jit(lambda s: decode.beam_search(
+            step, s, batch_size=1, beam_size=beam, alpha=0.0, max_len=6, bos_id=BOS, eos_id=EOS))({"step": jnp.int32(0)})
+        assert hypothesis(np.asarray(tokens)[0, 0], 6) == (3, EOS)
+        assert float(scores[0, 0]) == pytest.approx(np.log(0.55 * 0.99), abs=1e-5)
 
 
 def test_beam_search_waits_for_longer_hypotheses_favoured_by_the_penalty():
@@ -325,3 +355,28 @@ def test_min_len_forbids_early_eos_in_every_search():
         assert hypothesis(without[0], 6) == (EOS,), name
         assert hypothesis(with_min[0], 6) == (3, EOS), name
         assert hypothesis(with_min[1], 1) == (EOS,), name
+
+
+def test_beam_search_finds_more_likely_translations_than_greedy(trained):
+    """On the smoke run's model, beam 4 with no length penalty finds outputs at least as likely
+    as greedy's for the large majority of sentences (each search keeps its own path), and
+    more likely on average."""
+    workdir, data_dir, _ = trained
+    config = experiment_config("translate_bible", "smoke")
+    config.data.data_dir = str(data_dir)
+    mesh = partitioning.make_mesh(devices=jax.devices()[:1])
+    task = TranslationTask(config, str(workdir), mesh)
+    params = loop.restore_params(task, config, str(workdir), mesh).params
+    sources = task.encoded("validation")[0][:48]
+    width = max(map(len, sources))
+    inputs = jnp.asarray([np.pad(s, (0, width - len(s))) for s in sources])
+
+    def logprob(outputs):
+        length = max(map(len, outputs))
+        targets = jnp.asarray([np.pad(o, (0, length - len(o))) for o in outputs])
+        logits = task.model.apply({"params": params}, inputs, targets)
+        picked = jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
+        return np.asarray(jnp.sum(picked * (targets > 0), axis=1))
+
+    greedy, beam = (logprob(task.search(params, sources, beam_size, 0.0)) for beam_size in (1, 4))
+    assert np.mean(beam >= greedy - 1e-4) >= 0.9 and beam.mean() > greedy.mean()

@@ -32,7 +32,7 @@ def assert_same_run(workdir, other):
                for run in (workdir, other)]
     for one, two in [*zip(*records), results]:
         assert one.keys() == two.keys()
-        for key in one.keys() - {"train/tokens_per_second"}:
+        for key in one.keys() - {"train/tokens_per_second", "train/mfu"}:  # timings
             assert two[key] == (one[key] if isinstance(one[key], str) else pytest.approx(one[key], rel=1e-5)), key
     tsv = f"test-{STEPS}-{DECODING}-first8.tsv"
     assert (other / "eval" / tsv).read_text() == (workdir / "eval" / tsv).read_text()

@@ -95,11 +95,11 @@ def test_cached_decoding_equals_full_forward(pre_ln):
     src, tgt = tokens(rng, (3, 6)), tokens(rng, (3, 5))
     src = src.at[1, 3:].set(0)
     full = apply(params, src, tgt)
-    state = model.apply(params, src, 5, method=Seq2Seq.init_decode_state)
+    memory, cache = model.apply(params, src, 5, method=Seq2Seq.start_decoding)
     step = jax.jit(functools.partial(model.apply, method=Seq2Seq.decode_step))
     previous = jnp.concatenate([jnp.full((3, 1), model.config.bos_id), tgt[:, :-1]], axis=1)
     for t in range(5):
-        logits, state = step(params, previous[:, t : t + 1], state)
+        logits, cache = step(params, previous[:, t : t + 1], cache, memory)
         np.testing.assert_allclose(logits, full[:, t], atol=1e-4)
 
 

@@ -223,7 +223,7 @@ def prefix_translator(task, encoded_sources, encoded_targets):
     its own reference, so that BLEU is neither 0 nor 100 and a mix-up of rows shows."""
     table = {tuple(s): np.append(t[: len(t) // 2], tokenizer.EOS_ID) for s, t in zip(encoded_sources, encoded_targets)}
 
-    def translate(params, inputs, beam_size):
+    def translate(params, inputs, alpha, beam_size, cached=True):
         rows = np.asarray(jax.device_get(inputs))
         out = np.zeros((len(rows), rows.shape[1] + task.config.decode.extra_len), np.int32)
         for r, row in enumerate(rows):
@@ -240,6 +240,7 @@ def test_bleu_is_sacrebleu_of_the_tsv_each_hypothesis_beside_its_source(tfds_dir
     `--config.data.pair=en-ko` does): its character coverage and BLEU tokenization follow it."""
     config = experiment_config("translate_bible", "smoke")
     config.data.data_dir, config.data.pair, config.decode.final_examples = str(tfds_dir), "en-ko", 300
+    config.decode.alpha = 0.6  # fixed: no search over it
     task = TranslationTask(config, str(tmp_path), partitioning.make_mesh(devices=jax.devices()[:1]))
     tokenize = "char"
     assert (config.data.character_coverage, config.decode.bleu_tokenize) == (0.9995, tokenize)

@@ -54,24 +54,22 @@ class Decoder(nn.Module):
             x = self.final_norm(x)
         return x, (new_cache if cache is not None else None)
 
-    def init_cache(self, memory: Array, max_len: int) -> list:
-        """Per layer: an empty self-attention cache and the projected encoder memory."""
-        b = self.config.block
-        head_dim = b.d_model // b.num_heads
-        return [
-            {
-                "self": init_self_attention_cache(memory.shape[0], max_len, b.num_heads, head_dim, b.dtype),
-                "cross": layer.cross_attention.project_memory(memory),
-            }
-            for layer in self.layers
-        ]
+    def project_memory(self, memory: Array) -> list[dict]:
+        """Per layer: the keys and values of encoder-decoder attention over `memory`."""
+        return [layer.cross_attention.project_memory(memory) for layer in self.layers]
+
+    def step(self, x: Array, cache: list[dict], cross: list[dict], cross_mask: Array) -> tuple[Array, list[dict]]:
+        """One cached position through every layer: (outputs, updated self-attention caches)."""
+        layer_caches = [{"self": c, "cross": m} for c, m in zip(cache, cross)]
+        x, layer_caches = self(x, None, None, cross_mask, train=False, cache=layer_caches)
+        return x, [c["self"] for c in layer_caches]
 
 
 class Seq2Seq(nn.Module):
     """Encoder-decoder Transformer.
 
     `__call__(inputs, targets, train=)` returns teacher-forced logits `[B, Lt, V]`;
-    `encode`, `init_decode_state` and `decode_step` serve cached autoregressive decoding.
+    `start_decoding` and `decode_step` serve cached autoregressive decoding.
     """
 
     config: Seq2SeqConfig
@@ -99,40 +97,58 @@ class Seq2Seq(nn.Module):
 
     def decode(self, memory: Array, inputs: Array, targets: Array, *, train: bool = False) -> Array:
         """Teacher-forced decoder logits `[B, Lt, V]` given encoder outputs."""
-        self._check_length(targets.shape[1])
-        decoder_inputs = shift_right(targets, self.config.bos_id)
-        target_valid = targets > 0
-        self_mask = combine_masks(padding_mask(target_valid, target_valid), causal_mask(targets.shape[1]))
-        cross_mask = padding_mask(target_valid, inputs > 0)
+        return self._decoder_logits(memory, inputs, shift_right(targets, self.config.bos_id), targets > 0, train=train)
+
+    def _decoder_logits(self, memory: Array, inputs: Array, decoder_inputs: Array, valid: Array, *,
+                        train: bool) -> Array:
+        """Logits at every position of `decoder_inputs` `[B, Lt]`, of which `valid` are real."""
+        self._check_length(decoder_inputs.shape[1])
+        self_mask = combine_masks(padding_mask(valid, valid), causal_mask(decoder_inputs.shape[1]))
         x = self.target_position(self.target_embedding(decoder_inputs))
         x = self.dropout(x, deterministic=not train)
-        x, _ = self.decoder(x, memory, self_mask, cross_mask, train=train)
+        x, _ = self.decoder(x, memory, self_mask, padding_mask(valid, inputs > 0), train=train)
         return self._logits(x)
 
     def __call__(self, inputs: Array, targets: Array, *, train: bool = False) -> Array:
         return self.decode(self.encode(inputs, train=train), inputs, targets, train=train)
 
-    def init_decode_state(self, inputs: Array, max_len: int) -> dict:
-        """Encodes the source once and returns the decoding state for `decode_step`.
+    def start_decoding(self, inputs: Array, max_len: int) -> tuple[dict, list[dict]]:
+        """Encodes the source once for cached decoding of up to `max_len` positions.
 
-        Leaves with a leading batch axis: the per-layer caches and the source mask; the
-        caches' scalar `index` is the position being decoded.
+        Returns (memory, cache): `memory` holds what every step reads and none changes (the
+        projected encoder outputs of each layer, the source mask), `cache` the empty
+        self-attention caches of each layer, whose scalar `index` is the position being
+        decoded. Every leaf with ndim >= 1 has the batch as leading axis.
         """
         self._check_length(max_len)
-        memory = self.encode(inputs)
-        return {
-            "cache": self.decoder.init_cache(memory, max_len),
-            "source_valid": inputs > 0,
-        }
+        b = self.config.block
+        memory = {"cross": self.decoder.project_memory(self.encode(inputs)), "source_valid": inputs > 0}
+        head_dim = b.d_model // b.num_heads
+        cache = [init_self_attention_cache(inputs.shape[0], max_len, b.num_heads, head_dim, b.dtype)
+                 for _ in range(self.config.num_decoder_layers)]
+        return memory, cache
 
-    def decode_step(self, tokens: Array, state: dict) -> tuple[Array, dict]:
-        """One decoding step: previous tokens `[B, 1]` → next-token logits `[B, V]`."""
-        cross_mask = state["source_valid"][:, None, None, :]
-        position = state["cache"][0]["self"]["index"]
+    def decode_step(self, tokens: Array, cache: list[dict], memory: dict) -> tuple[Array, list[dict]]:
+        """One decoding step: previous tokens `[N, 1]` → (next-token logits `[N, V]`, cache)."""
+        position = cache[0]["index"]
         x = self.target_position(self.target_embedding(tokens), position)
-        x, cache = self.decoder(x, None, None, cross_mask, train=False, cache=state["cache"])
-        logits = self._logits(x)[:, -1]
-        return logits, {**state, "cache": cache}
+        x, cache = self.decoder.step(x, cache, memory["cross"], memory["source_valid"][:, None, None, :])
+        return self._logits(x)[:, -1], cache
+
+    def start_decoding_uncached(self, inputs: Array, max_len: int) -> tuple[dict, dict]:
+        """`start_decoding` for `decode_step_uncached`: (memory, the empty prefix)."""
+        self._check_length(max_len)
+        prefix = {"tokens": jnp.zeros((inputs.shape[0], max_len), jnp.int32), "index": jnp.array(0, jnp.int32)}
+        return {"encoded": self.encode(inputs), "inputs": inputs}, prefix
+
+    def decode_step_uncached(self, tokens: Array, prefix: dict, memory: dict) -> tuple[Array, dict]:
+        """`decode_step` without a cache, to measure what the cache saves: the decoder runs
+        over all `max_len` positions of the prefix at every step (shapes being static)."""
+        index = prefix["index"]
+        seen = jax.lax.dynamic_update_slice_in_dim(prefix["tokens"], tokens, index, axis=1)
+        valid = jnp.broadcast_to(jnp.arange(seen.shape[1]) <= index, seen.shape)
+        logits = self._decoder_logits(memory["encoded"], memory["inputs"], seen, valid, train=False)
+        return jax.lax.dynamic_index_in_dim(logits, index, axis=1, keepdims=False), {"tokens": seen, "index": index + 1}
 
     def _logits(self, x: Array) -> Array:
         if self.config.tie_output:

@@ -44,10 +44,15 @@ def attention_weights(query: Array, key: Array, mask: Array | None = None) -> Ar
     """
     depth = query.shape[-1]
     scores = jnp.einsum("bqhd,bkhd->bhqk", query, key) / jnp.sqrt(depth).astype(query.dtype)
+    return masked_softmax(scores, mask).astype(query.dtype)
+
+
+def masked_softmax(scores: Array, mask: Array | None) -> Array:
+    """Softmax over the last axis in float32, masked scores set to the minimum first."""
     scores = scores.astype(jnp.float32)
     if mask is not None:
         scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
-    return jax.nn.softmax(scores, axis=-1).astype(query.dtype)
+    return jax.nn.softmax(scores, axis=-1)
 
 
 def dot_product_attention(
@@ -74,8 +79,9 @@ class MultiHeadAttention(nn.Module):
     `attention_weights`, for pictures); otherwise the fused fast path runs.
 
     Decoding with a cache: `__call__(..., cache=...)` takes and returns a dict
-    `{'key', 'value': [B, max_len, H, D], 'index': int32 scalar}` for self-attention,
-    or `{'key', 'value'}` precomputed by `project_memory` for encoder-decoder attention.
+    `{'key', 'value', 'index': int32 scalar}` (from `init_self_attention_cache`) for
+    self-attention, or `{'key', 'value'}` precomputed by `project_memory` for
+    encoder-decoder attention.
     """
 
     features: int
@@ -112,13 +118,10 @@ class MultiHeadAttention(nn.Module):
     ) -> tuple[Array, dict | None]:
         """Attends from `inputs_q` to `inputs_kv`; returns (outputs, updated cache or None)."""
         query = self.query(inputs_q)
-        if cache is not None and "index" not in cache:  # encoder-decoder attention, memory cached
-            key, value, new_cache = cache["key"], cache["value"], cache
-        else:
-            key, value = self.key(inputs_kv), self.value(inputs_kv)
-            new_cache = None
-            if cache is not None:  # self-attention, one new position per call
-                key, value, mask, new_cache = _append_to_cache(cache, key, value, mask)
+        if cache is not None:
+            out, new_cache = self._attend_cached(query, inputs_kv, mask, cache)
+            return self.out(out), new_cache
+        key, value = self.key(inputs_kv), self.value(inputs_kv)
         sowing = self.is_mutable_collection("intermediates")
         if sowing or (train and self.dropout_rate > 0):
             weights = attention_weights(query, key, mask)
@@ -128,25 +131,33 @@ class MultiHeadAttention(nn.Module):
             out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
         else:
             out = dot_product_attention(query, key, value, mask, implementation=self.implementation)
-        return self.out(out), new_cache
+        return self.out(out), None
+
+    def _attend_cached(self, query: Array, inputs_kv: Array | None, mask: Array | None, cache: dict):
+        """Decoding attention of one position over a cache held in the layout its two dots
+        read without transposing: keys `[B, H, D, L]`, values `[B, H, L, D]`."""
+        if "index" in cache:  # self-attention: this position's key and value join the cache
+            index = cache["index"]
+            key = self.key(inputs_kv).transpose(0, 2, 3, 1).astype(cache["key"].dtype)
+            value = self.value(inputs_kv).transpose(0, 2, 1, 3).astype(cache["value"].dtype)
+            if key.shape[-1] != 1:
+                raise ValueError(f"cached decoding takes one position per call, got {key.shape[-1]}")
+            keys = jax.lax.dynamic_update_slice_in_dim(cache["key"], key, index, axis=3)
+            values = jax.lax.dynamic_update_slice_in_dim(cache["value"], value, index, axis=2)
+            seen = (jnp.arange(keys.shape[3]) <= index)[None, None, None, :]
+            mask, cache = combine_masks(mask, seen), {"key": keys, "value": values, "index": index + 1}
+        query = query.transpose(0, 2, 1, 3)
+        scores = jnp.einsum("bhqd,bhdk->bhqk", query, cache["key"]) / jnp.sqrt(query.shape[-1]).astype(query.dtype)
+        weights = masked_softmax(scores, mask).astype(query.dtype)
+        return jnp.einsum("bhqk,bhkd->bhqd", weights, cache["value"]).transpose(0, 2, 1, 3), cache
 
     def project_memory(self, memory: Array) -> dict:
         """Keys and values of the encoder outputs, computed once for cached decoding."""
-        return {"key": self.key(memory), "value": self.value(memory)}
+        return {"key": self.key(memory).transpose(0, 2, 3, 1), "value": self.value(memory).transpose(0, 2, 1, 3)}
 
 
 def init_self_attention_cache(batch: int, max_len: int, num_heads: int, head_dim: int, dtype) -> dict:
     """An empty self-attention cache for `max_len` decoding steps."""
-    zeros = jnp.zeros((batch, max_len, num_heads, head_dim), dtype)
-    return {"key": zeros, "value": zeros, "index": jnp.array(0, jnp.int32)}
-
-
-def _append_to_cache(cache: dict, key: Array, value: Array, mask: Array | None):
-    """Writes one step's key/value at `index`; the mask lets it see positions <= index."""
-    if key.shape[1] != 1:
-        raise ValueError(f"cached decoding takes one position per call, got {key.shape[1]}")
-    index = cache["index"]
-    keys = jax.lax.dynamic_update_slice_in_dim(cache["key"], key.astype(cache["key"].dtype), index, axis=1)
-    values = jax.lax.dynamic_update_slice_in_dim(cache["value"], value.astype(cache["value"].dtype), index, axis=1)
-    seen = (jnp.arange(keys.shape[1]) <= index)[None, None, None, :]
-    return keys, values, combine_masks(mask, seen), {"key": keys, "value": values, "index": index + 1}
+    return {"key": jnp.zeros((batch, num_heads, head_dim, max_len), dtype),
+            "value": jnp.zeros((batch, num_heads, max_len, head_dim), dtype),
+            "index": jnp.array(0, jnp.int32)}

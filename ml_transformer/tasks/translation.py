@@ -18,6 +18,7 @@ from ml_transformer.nn.blocks import BlockConfig
 from ml_transformer.train import partitioning
 from ml_transformer.train.losses import summarize, token_metrics
 from ml_transformer.train.steps import eval_step
+from ml_transformer.workdir import read_json, save_json
 
 def model_config(config, vocab_size: int, bos_id: int) -> Seq2SeqConfig:
     m = config.model
@@ -77,20 +78,32 @@ def seq2seq_loss(model: Seq2Seq, smoothing: float, params, batch: dict, rng, tra
 
 
 def translate(model: Seq2Seq, params, inputs, *, beam_size: int, alpha: float, extra_len: int, bos_id: int,
-              eos_id: int, min_len: int = 1):
+              eos_id: int, min_len: int = 1, penalty: str = "gnmt", cached: bool = True):
     """Output tokens `[B, len(inputs[0]) + extra_len]` for source tokens `[B, Ls]`: greedy
-    when `beam_size` is 1, else the best beam; at most source length + `extra_len` tokens,
-    at least `min_len` before EOS."""
+    when `beam_size` is 1, else the best beam of beam search with length penalty `penalty`
+    and `alpha`; at most source length + `extra_len` tokens, at least `min_len` before EOS.
+    `cached=False` recomputes the decoder over the whole prefix at every step (benchmarks)."""
     max_len = inputs.shape[1] + extra_len
     variables = {"params": params}
-    state = model.apply(variables, inputs, max_len, method=Seq2Seq.init_decode_state)
-    step_fn = functools.partial(model.apply, variables, method=Seq2Seq.decode_step)
+    start, step = ((Seq2Seq.start_decoding, Seq2Seq.decode_step) if cached
+                   else (Seq2Seq.start_decoding_uncached, Seq2Seq.decode_step_uncached))
+    memory, cache = model.apply(variables, inputs, max_len, method=start)
+    # The memory is a constant of the step function: beams never reorder it.
+    memory = decode.expand_to_beams(memory, beam_size)
+    step_fn = functools.partial(model.apply, variables, memory=memory, method=step)
     kwargs = dict(batch_size=inputs.shape[0], max_len=max_len, min_len=min_len, bos_id=bos_id, eos_id=eos_id,
                   max_lens=jnp.sum(inputs > 0, axis=1) + extra_len)
     if beam_size == 1:
-        return decode.greedy_search(step_fn, state, **kwargs)
-    tokens, _ = decode.beam_search(step_fn, state, beam_size=beam_size, alpha=alpha, **kwargs)
+        return decode.greedy_search(step_fn, cache, **kwargs)
+    tokens, _ = decode.beam_search(step_fn, cache, beam_size=beam_size, alpha=alpha, penalty=penalty, **kwargs)
     return tokens[:, 0]
+
+
+DECODING_FILE = "decoding.json"
+
+
+def _search_name(beam_size: int, alpha: float) -> str:
+    return "greedy" if beam_size == 1 else f"beam{beam_size}-alpha{alpha:g}"
 
 
 class TranslationTask:
@@ -114,12 +127,16 @@ class TranslationTask:
             raise ValueError(f"config.decode.extra_len={config.decode.extra_len}: leaves no room for a source "
                              f"within config.model.max_len={config.model.max_len}")
         self._train_batches = None
-        self._translate = jax.jit(
+        # (beam size, alpha) of full evaluations, predictions and attention pictures; when
+        # beam search's `decode.alpha` is None, `choose_decoding` settles them per checkpoint.
+        d = config.decode
+        self._decoding = None if d.alpha is None and d.beam_size > 1 else (d.beam_size, d.alpha or 0.0)
+        self._translate = jax.jit(  # alpha is traced: one compilation serves every alpha
             functools.partial(
-                translate, self.model, alpha=config.decode.alpha, extra_len=config.decode.extra_len,
-                min_len=config.decode.min_len, bos_id=self.tokenizer.bos_id, eos_id=self.tokenizer.eos_id,
+                translate, self.model, extra_len=config.decode.extra_len, min_len=config.decode.min_len,
+                bos_id=self.tokenizer.bos_id, eos_id=self.tokenizer.eos_id, penalty=config.decode.length_penalty,
             ),
-            static_argnames=("beam_size",),
+            static_argnames=("beam_size", "cached"),
         )
         self._eval_step = jax.jit(functools.partial(eval_step, loss_fn=self.loss_fn))
 
@@ -158,22 +175,26 @@ class TranslationTask:
         return self._train_batches
 
     # ---------------------------------------------------------------- decoding
-    def search(self, params, inputs: list[np.ndarray], beam_size: int) -> list[np.ndarray]:
-        """Output ids (EOS included) for encoded sources, in order."""
+    def search(self, params, inputs: list[np.ndarray], beam_size: int, alpha: float | None = None,
+               cached: bool = True) -> list[np.ndarray]:
+        """Output ids (EOS included) for encoded sources, in order (`translate`; `alpha`
+        defaults to the chosen one)."""
+        alpha = self.decoding[1] if alpha is None else alpha
         outputs = [np.zeros(0, np.int32)] * len(inputs)
         batches = pipeline.eval_batches(
             inputs, inputs, batch_size=self.eval_batch_size, batch_multiple=self.batch_multiple
         )
         for batch in batches:
-            tokens = self._translate(params, self._global(batch)["inputs"], beam_size=beam_size)
+            tokens = self._translate(params, self._global(batch)["inputs"], alpha=jnp.float32(alpha), beam_size=beam_size,
+                                     cached=cached)
             for i, row in zip(partitioning.all_rows(batch["index"]), partitioning.all_rows(tokens)):
                 if i >= 0:
                     outputs[i] = row[: np.count_nonzero(row)]
         return outputs
 
-    def translate_ids(self, params, inputs: list[np.ndarray], beam_size: int) -> list[str]:
-        """Detokenized translations of encoded sources, in order."""
-        return [self.tokenizer.decode(ids) for ids in self.search(params, inputs, beam_size)]
+    def translate_ids(self, params, inputs: list[np.ndarray], beam_size: int, alpha: float | None = None) -> list[str]:
+        """Detokenized translations of encoded sources, in order (`search`)."""
+        return [self.tokenizer.decode(ids) for ids in self.search(params, inputs, beam_size, alpha)]
 
     def encode_lines(self, lines: list[str], numbers: list[int]) -> list[np.ndarray]:
         """Source ids of input lines (line `numbers[i]` of the input is `lines[i]`); a line
@@ -191,7 +212,7 @@ class TranslationTask:
 
     def predict(self, params, lines: list[str], numbers: list[int]) -> list[str]:
         """The translation of each input line (`encode_lines`)."""
-        return self.translate_ids(params, self.encode_lines(lines, numbers), self.config.decode.beam_size)
+        return self.translate_ids(params, self.encode_lines(lines, numbers), *self.decoding)
 
     def attention(self, params, lines: list[str], numbers: list[int], layer: int, head: int,
                   out_dir: str) -> list[str]:
@@ -200,7 +221,7 @@ class TranslationTask:
         (and head, or the mean over heads), from the model's own forward pass."""
         sources = self.encode_lines(lines, numbers)
         paths = []
-        for n, (source, target) in enumerate(zip(sources, self.search(params, sources, self.config.decode.beam_size))):
+        for n, (source, target) in enumerate(zip(sources, self.search(params, sources, *self.decoding))):
             _, state = self.model.apply({"params": params}, source[None], target[None], mutable=["intermediates"])
             weights = attention_maps.collect(state["intermediates"])
             src, tgt = self.tokenizer.pieces(source), self.tokenizer.pieces(target)
@@ -214,6 +235,49 @@ class TranslationTask:
         return paths
 
     # ---------------------------------------------------------------- evaluation
+    def choose_decoding(self, params, checkpoint: str, workdir: str) -> None:
+        """Settles the length penalty when `decode.alpha` is None: the candidate (greedy, or
+        beam search of `decode.beam_size` at each of `decode.alphas`) with the best BLEU on
+        the first `decode.tune_examples` validation sentences, recorded in `DIR/decoding.json`
+        for this checkpoint and read from there the next time. Full evaluations, predictions
+        and attention pictures then decode with it."""
+        d = self.config.decode
+        if d.alpha is not None or d.beam_size == 1:
+            return
+        path = os.path.join(workdir, DECODING_FILE)
+        settings = {"checkpoint": checkpoint, "split": "validation", "examples": d.tune_examples,
+                    "beam_size": d.beam_size, "length_penalty": d.length_penalty, "alphas": list(d.alphas)}
+        recorded = read_json(path)
+        if recorded and {k: recorded.get(k) for k in settings} == settings:
+            chosen = recorded["chosen"]
+        else:
+            chosen = self._tune_decoding(params, settings, path)
+        self._decoding = chosen["beam_size"], chosen["alpha"]
+
+    @property
+    def decoding(self) -> tuple[int, float]:
+        """(beam size, alpha) of full evaluations and predictions."""
+        if self._decoding is None:
+            raise RuntimeError("config.decode.alpha is None: choose_decoding() settles it first")
+        return self._decoding
+
+    def _tune_decoding(self, params, settings: dict, path: str) -> dict:
+        inputs = self.encoded("validation")[0][: settings["examples"]]
+        references = self.texts("validation")[1][: len(inputs)]
+        beam = settings["beam_size"]
+        candidates = [(1, 0.0)] + [(beam, float(alpha)) for alpha in settings["alphas"]]
+        bleu = {}
+        for beam_size, alpha in candidates:
+            hypotheses = self.translate_ids(params, inputs, beam_size, alpha)
+            bleu[_search_name(beam_size, alpha)] = evaluate.bleu(hypotheses, references, self.config.decode.bleu_tokenize)
+        beam_size, alpha = max(candidates, key=lambda c: bleu[_search_name(*c)])  # greedy first: it wins ties
+        record = {**settings, "bleu": bleu, "chosen": {"beam_size": beam_size, "alpha": alpha}}
+        if jax.process_index() == 0:
+            print(f"decoding chosen on {len(inputs)} validation sentences: {_search_name(beam_size, alpha)} "
+                  f"(BLEU {', '.join(f'{k} {v:.2f}' for k, v in bleu.items())})", flush=True)
+            save_json(path, record)
+        return record["chosen"]
+
     def evaluate(self, params, split: str, step: int, *, full: bool = False):
         """Loss metrics over the split and BLEU: greedy on the first `decode.eval_examples`
         sentences during training, beam search on the first `decode.final_examples` (0: all)
@@ -232,12 +296,14 @@ class TranslationTask:
         metrics = summarize(jax.device_get(sums), self.unit)
         limit = self.config.decode.final_examples if full else self.config.decode.eval_examples
         count = min(limit or len(inputs), len(inputs))
-        beam = self.config.decode.beam_size if full else 1
-        hypotheses = self.translate_ids(params, inputs[:count], beam)
+        beam, alpha = self.decoding if full else (1, 0.0)
+        hypotheses = self.translate_ids(params, inputs[:count], beam, alpha)
         sources, references = (texts[:count] for texts in self.texts(split))
         metrics["bleu"] = evaluate.bleu(hypotheses, references, self.config.decode.bleu_tokenize)
         metrics["bleu_examples"] = count
         metrics["beam_size"] = beam
+        if beam > 1:
+            metrics["alpha"] = alpha
         return metrics, list(zip(sources, references, hypotheses))
 
     def _global(self, batch: dict) -> dict:

@@ -11,7 +11,7 @@ import contextlib
 import functools
 import os
 import signal
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import grain
 import jax
@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ml_transformer.train import partitioning
+from ml_transformer.train import partitioning, throughput
 from ml_transformer.train.checkpoints import BEST, BestCheckpoint, Checkpoints, fit_params
 from ml_transformer.train.losses import summarize
 from ml_transformer.train.metric_writers import MetricWriter, Progress
@@ -45,6 +45,22 @@ def build_state(task, config, mesh):
     init = jax.jit(create, out_shardings=shardings)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
     return tx, schedule, abstract, functools.partial(init, init_rng)
+
+
+def compile_train_step(task, config, mesh, tx, abstract) -> throughput.CompiledPerShape:
+    """The train step over `mesh`, compiled once per batch shape; the state is donated."""
+    shardings = jax.tree.map(lambda x: x.sharding, abstract)
+    repl, data = partitioning.replicated(mesh), partitioning.data_sharded(mesh)
+    step = functools.partial(train_step, loss_fn=task.loss_fn, tx=tx, unit=task.unit, micro_batches=config.micro_batches)
+    jitted = jax.jit(step, in_shardings=(shardings, data, repl), out_shardings=(shardings, repl), donate_argnums=0)
+    return throughput.CompiledPerShape(jitted, mesh.size)
+
+
+def read_ahead(task, start: int, mesh) -> Iterator[dict]:
+    """The global batches of steps `start`, `start + 1`, ...: a thread reads the next ones
+    while the devices compute."""
+    batches = task.train_batches()[start:].to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=4))
+    return (partitioning.to_global(batch, mesh) for batch in batches)
 
 
 class Restored(NamedTuple):
@@ -145,30 +161,23 @@ def train(task, config, workdir: str, mesh, profile_steps: tuple[int, int] | Non
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
     logging.info("Model: %s parameters", f"{num_params:,}")
 
-    shardings = jax.tree.map(lambda x: x.sharding, abstract)
-    repl, data = partitioning.replicated(mesh), partitioning.data_sharded(mesh)
-    step_fn = jax.jit(
-        functools.partial(train_step, loss_fn=task.loss_fn, tx=tx, unit=task.unit, micro_batches=config.micro_batches),
-        in_shardings=(shardings, data, repl),
-        out_shardings=(shardings, repl),
-        donate_argnums=0,
-    )
+    step_fn = compile_train_step(task, config, mesh, tx, abstract)
     dropout_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
     writer = MetricWriter(workdir)
-    progress = Progress(start, config.total_steps, task.unit)
+    peak, peak_source = throughput.peak_flops(list(mesh.devices.flat))
+    logging.info("Peak FLOP/s for MFU: %.4g (%s)", peak, peak_source)
+    progress = Progress(start, config.total_steps, task.unit, peak)
     pending: list[dict] = []
     # Losses are checked for finite values when logged: always before anything is saved.
     logged_every = (config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps)
     step = start
-    batches = iter(()) if start == config.total_steps else iter(  # a finished run reads no data
-        task.train_batches()[start:].to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)))
+    batches = iter(()) if start == config.total_steps else read_ahead(task, start, mesh)  # a finished run reads none
     try:
         with StopRequest() as stop, _Profile(workdir, profile_steps) as profile:
             while step < config.total_steps:
                 profile.at(step)
-                batch = partitioning.to_global(next(batches), mesh)
-                state, sums = step_fn(state, batch, dropout_rng)
-                pending.append(sums)
+                state, sums, flops = step_fn(state, next(batches), dropout_rng)
+                pending.append({**sums, "flops": flops})
                 checkpoints.check()
                 best.check()
                 step += 1
@@ -300,12 +309,13 @@ def _log_train(writer: MetricWriter, progress: Progress, pending: list[dict], st
                                 "the checkpoints saved before it are intact")
     sums = jax.tree.map(lambda *xs: float(np.sum(xs)), *pending)
     metrics = summarize(sums, progress.unit)
-    rate = progress.update(step, metrics["loss"], sums[progress.unit])
+    rate, mfu = progress.update(step, metrics["loss"], sums[progress.unit], sums["flops"])
     metrics = {
         **metrics,
         "grad_norm": sums["grad_norm"] / len(pending),
         "learning_rate": lr,
         f"{progress.unit}_per_second": rate,
+        "mfu": mfu,
     }
     writer.write(step, {f"train/{k}": v for k, v in metrics.items()})
 

@@ -16,20 +16,24 @@ def token_metrics(logits: jax.Array, labels: jax.Array, smoothing: float) -> dic
     serves loss and NLL.
     """
     vocab = logits.shape[-1]
+    logits = logits.astype(jnp.float32)
     weights = (labels > 0).astype(jnp.float32)
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
+    # log p_v = logits_v - lse: reductions over the vocabulary, no [.., V] array of log-probabilities.
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    label_logit = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+    nll = lse - label_logit
     if smoothing:
         confidence, low = 1.0 - smoothing, smoothing / (vocab - 1)
         # -Σ_v target_v log p_v with target = low everywhere plus (confidence - low) on the label.
-        loss = (confidence - low) * nll - low * jnp.sum(log_probs, axis=-1)
+        loss = (confidence - low) * nll - low * (jnp.sum(logits, axis=-1) - vocab * lse)
         loss -= -(confidence * np.log(confidence) + (vocab - 1) * low * np.log(low))
     else:
         loss = nll
+    correct = label_logit >= jnp.max(logits, axis=-1)  # argmax, ties aside
     return {
         "loss_sum": jnp.sum(loss * weights),
         "nll_sum": jnp.sum(nll * weights),
-        "correct": jnp.sum((jnp.argmax(logits, -1) == labels) * weights),
+        "correct": jnp.sum(correct * weights),
         "tokens": jnp.sum(weights),
     }
 

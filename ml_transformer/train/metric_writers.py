@@ -42,10 +42,11 @@ class MetricWriter:
 
 
 class Progress:
-    """A progress bar over training steps with loss, throughput and ETA."""
+    """A progress bar over training steps with loss, throughput, model FLOP utilization
+    (MFU: FLOP/s over `peak_flops`) and ETA."""
 
-    def __init__(self, start: int, total: int, unit: str):
-        self.unit = unit
+    def __init__(self, start: int, total: int, unit: str, peak_flops: float):
+        self.unit, self.peak_flops = unit, peak_flops
         self.bar = tqdm.tqdm(
             initial=start,
             total=total,
@@ -57,14 +58,16 @@ class Progress:
         )
         self.last_time, self.last_step = time.perf_counter(), start
 
-    def update(self, step: int, loss: float, items: float) -> float:
-        """Moves to `step`; `items` = tokens/examples since the last update. Returns items/s."""
+    def update(self, step: int, loss: float, items: float, flops: float) -> tuple[float, float]:
+        """Moves to `step`; `items` tokens/examples and `flops` FLOPs were processed since
+        the last update. Returns (items/s, MFU)."""
         now = time.perf_counter()
-        rate = items / max(now - self.last_time, 1e-9)
+        seconds = max(now - self.last_time, 1e-9)
+        rate, mfu = items / seconds, flops / seconds / self.peak_flops
         self.bar.update(step - self.last_step)
-        self.bar.set_postfix_str(f"loss={loss:.3f} {self.unit}/s={rate:,.0f}", refresh=False)
+        self.bar.set_postfix_str(f"loss={loss:.3f} {self.unit}/s={rate:,.0f} mfu={mfu:.1%}", refresh=False)
         self.last_time, self.last_step = now, step
-        return rate
+        return rate, mfu
 
     def reset_clock(self) -> None:
         """Excludes time spent outside training steps (evaluation, saving) from the rate."""

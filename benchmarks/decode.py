@@ -1,0 +1,87 @@
+r"""Translation speed of a trained model: greedy and beam search, with the KV cache and without.
+
+  python benchmarks/decode.py --config=experiments/translate_bible.py --workdir=runs/translate_bible \
+      [--split=test] [--count=0] [--beam_size=4] [--alpha=1.0] [--uncached_count=64] [--config.KEY=VALUE ...]
+
+Restores the run's latest checkpoint and translates the first `--count` sentences of
+`--split` (0: all) as evaluation does (batches of `batch_size` sentences, longest first),
+greedily and with beam search (`--beam_size`; `--alpha`, of the config's length penalty form): seconds,
+sentences/s and output tokens/s, compilation included, and how many shapes each search
+compiled for. Then, side by side on the first `--uncached_count` sentences, the same searches
+with the cache and recomputing the decoder over the whole prefix at every step: the cache's
+speedup.
+"""
+
+import time
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from ml_transformer.tasks.translation import TranslationTask
+from ml_transformer.train import loop, partitioning
+
+config_flags.DEFINE_config_file("config", "experiments/translate_bible.py", "The run's experiment config.")
+flags.DEFINE_string("workdir", None, "Workdir of a trained translation run.", required=True)
+flags.DEFINE_string("split", "test", "Split whose sources are translated.")
+flags.DEFINE_integer("count", 0, "Sentences translated (0: all).")
+flags.DEFINE_integer("beam_size", 4, "Beam size of the beam search.")
+flags.DEFINE_float("alpha", 1.0, "Length penalty of the beam search.")
+flags.DEFINE_integer("uncached_count", 64, "Sentences translated with and without the cache (0: skip).")
+FLAGS = flags.FLAGS
+
+
+class Compilations:
+    """Counts XLA compilations and the seconds they take, as JAX reports them."""
+
+    def __init__(self):
+        self.count, self.seconds = 0, 0.0
+        jax.monitoring.register_event_duration_secs_listener(self._event)
+
+    def _event(self, name: str, seconds: float, **_):
+        if name.startswith("/jax/core/compile/"):
+            self.seconds += seconds
+            self.count += name.endswith("backend_compile_duration")
+
+
+COMPILATIONS = Compilations()
+
+
+def timed(task, params, sources, beam_size: int, cached: bool = True) -> tuple[float, int, int, float]:
+    """(seconds, output tokens, compilations, their seconds) of translating `sources`."""
+    before = COMPILATIONS.count, COMPILATIONS.seconds
+    start = time.perf_counter()
+    outputs = task.search(params, sources, beam_size, FLAGS.alpha, cached=cached)
+    seconds = time.perf_counter() - start
+    return (seconds, sum(len(ids) for ids in outputs), COMPILATIONS.count - before[0],
+            COMPILATIONS.seconds - before[1])
+
+
+def line(name: str, count: int, seconds: float, tokens: int, compiled: int, compiling: float) -> str:
+    return (f"{name}: {count} sentences in {seconds:.1f} s ({count / seconds:.1f} sentences/s, "
+            f"{tokens / seconds:,.0f} tokens/s), of which {compiling:.1f} s compiling {compiled} shapes")
+
+
+def main(_):
+    config = FLAGS.config
+    mesh = partitioning.mesh_from_config(config)
+    task = TranslationTask(config, FLAGS.workdir, mesh)
+    restored = loop.restore_params(task, config, FLAGS.workdir, mesh)
+    sources = task.encoded(FLAGS.split)[0]
+    sources = sources[: FLAGS.count or len(sources)]
+    print(f"step {restored.step}, {FLAGS.split}: {len(sources)} sentences, {jax.device_count()} device(s)", flush=True)
+    searches = [("greedy", 1), (f"beam {FLAGS.beam_size}", FLAGS.beam_size)]
+    for name, beam_size in searches:
+        print(line(name, len(sources), *timed(task, restored.params, sources, beam_size)), flush=True)
+    if FLAGS.uncached_count:
+        few = sources[: FLAGS.uncached_count]
+        for name, beam_size in searches:
+            for cached in (True, False):  # compiled first, then timed
+                timed(task, restored.params, few, beam_size, cached)
+            with_cache, without = (timed(task, restored.params, few, beam_size, cached)[0] for cached in (True, False))
+            print(f"{name}, {len(few)} sentences: {with_cache:.2f} s with the cache, {without:.2f} s recomputing "
+                  f"the prefix ({without / with_cache:.1f}x)", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
