@@ -157,7 +157,8 @@ class MultiHeadAttention(nn.Module):
 
 
 def init_self_attention_cache(batch: int, max_len: int, num_heads: int, head_dim: int, dtype) -> dict:
-    """An empty self-attention cache for `max_len` decoding steps."""
+    """An empty self-attention cache for `max_len` decoding steps: keys `[B, H, D, max_len]`,
+    values `[B, H, max_len, D]` (the layouts `_attend_cached` reads)."""
     return {"key": jnp.zeros((batch, num_heads, head_dim, max_len), dtype),
             "value": jnp.zeros((batch, num_heads, max_len, head_dim), dtype),
             "index": jnp.array(0, jnp.int32)}

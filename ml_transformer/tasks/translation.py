@@ -20,6 +20,7 @@ from ml_transformer.train.losses import summarize, token_metrics
 from ml_transformer.train.steps import eval_step
 from ml_transformer.workdir import read_json, save_json
 
+
 def model_config(config, vocab_size: int, bos_id: int) -> Seq2SeqConfig:
     m = config.model
     block = BlockConfig(
