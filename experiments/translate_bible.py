@@ -43,7 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 1200
     c.keep_checkpoints = 3  # the rolling set; the best checkpoint is kept apart
     c.best_metric = "bleu"  # validation metric that picks --checkpoint=best
-    c.final_split = "test"  # evaluated in full (with decode.beam_size) when training ends
+    c.final_split = "test"  # evaluated in full (beam search, see decode) when training ends
     c.micro_batches = 1  # gradient accumulation: each batch in this many slices, one at a time
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # devices along the data-parallel axis; -1 = all remaining
