@@ -74,12 +74,11 @@ def fixed_batch(step, state, task, mesh, rng):
 def real_data(step, state, task, mesh, rng, count: int) -> str:
     """The loop's input path against the same batches held on the device."""
     dataset = task.train_batches()
-    host_seconds = []
+    host, host_seconds = [], []
     for i in range(count):
         start = time.perf_counter()
-        dataset[i]
+        host.append(dataset[i])
         host_seconds.append(time.perf_counter() - start)
-    host = [dataset[i] for i in range(count)]
     held = [partitioning.to_global(batch, mesh) for batch in host]
     shapes = {batch["inputs"].shape: batch for batch in held}
     state, _, _ = run_steps(step, state, shapes.values(), rng)  # compiles each shape once

@@ -31,10 +31,15 @@ def result_name(config, split: str, checkpoint: str) -> str:
     decode = config.get("decode")
     if decode is None or "beam_size" not in decode:
         return name
-    alpha = "tuned" if decode.alpha is None else f"alpha{decode.alpha:g}"
-    search = "greedy" if decode.beam_size == 1 else f"beam{decode.beam_size}-{alpha}"
-    name += f"-{search}-max+{decode.extra_len}-min{decode.min_len}"
+    name += f"-{search_name(decode.beam_size, decode.alpha)}-max+{decode.extra_len}-min{decode.min_len}"
     return name + (f"-first{decode.final_examples}" if decode.final_examples else "")
+
+
+def search_name(beam_size: int, alpha: float | None) -> str:
+    """`greedy`, `beam4-alpha0.6`, or `beam4-tuned` for a length penalty left to validation data."""
+    if beam_size == 1:
+        return "greedy"
+    return f"beam{beam_size}-" + ("tuned" if alpha is None else f"alpha{alpha:g}")
 
 
 def write_eval(workdir: str, name: str, step: int, split: str, checkpoint: str, metrics: dict,

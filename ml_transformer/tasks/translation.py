@@ -103,10 +103,6 @@ def translate(model: Seq2Seq, params, inputs, *, beam_size: int, alpha: float, e
 DECODING_FILE = "decoding.json"
 
 
-def _search_name(beam_size: int, alpha: float) -> str:
-    return "greedy" if beam_size == 1 else f"beam{beam_size}-alpha{alpha:g}"
-
-
 class TranslationTask:
     """Everything the trainer and the eval/predict modes need for translation."""
 
@@ -270,11 +266,12 @@ class TranslationTask:
         bleu = {}
         for beam_size, alpha in candidates:
             hypotheses = self.translate_ids(params, inputs, beam_size, alpha)
-            bleu[_search_name(beam_size, alpha)] = evaluate.bleu(hypotheses, references, self.config.decode.bleu_tokenize)
-        beam_size, alpha = max(candidates, key=lambda c: bleu[_search_name(*c)])  # greedy first: it wins ties
+            bleu[evaluate.search_name(beam_size, alpha)] = evaluate.bleu(
+                hypotheses, references, self.config.decode.bleu_tokenize)
+        beam_size, alpha = max(candidates, key=lambda c: bleu[evaluate.search_name(*c)])  # greedy first: it wins ties
         record = {**settings, "bleu": bleu, "chosen": {"beam_size": beam_size, "alpha": alpha}}
         if jax.process_index() == 0:
-            print(f"decoding chosen on {len(inputs)} validation sentences: {_search_name(beam_size, alpha)} "
+            print(f"decoding chosen on {len(inputs)} validation sentences: {evaluate.search_name(beam_size, alpha)} "
                   f"(BLEU {', '.join(f'{k} {v:.2f}' for k, v in bleu.items())})", flush=True)
             save_json(path, record)
         return record["chosen"]
