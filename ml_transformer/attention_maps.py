@@ -50,8 +50,9 @@ def pick(weights: dict[str, np.ndarray], kind: str, layer: int, head: int) -> tu
 
 
 def _layer_number(name: str) -> int:
-    digits = "".join(ch for ch in name.split("/")[1] if ch.isdigit())
-    return int(digits or 0)
+    """The number of a path's `layers_N` part (0 if none)."""
+    part = next((p for p in name.split("/") if p.startswith("layers_")), "")
+    return int(part.removeprefix("layers_") or 0)
 
 
 def _path(out_dir: str, index: int, title: str) -> str:

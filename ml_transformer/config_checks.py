@@ -12,7 +12,8 @@ from ml_transformer.decode import PENALTIES
 
 DTYPES = ("float32", "bfloat16", "float16")
 ZERO_ALLOWED = ("warmup_steps", "grad_clip_norm", "weight_decay", "mixup_alpha", "crop_padding",
-                "final_examples", "extra_len", "seed", "batch_tokens", "samples", "min_len", "alpha")
+                "final_examples", "extra_len", "seed", "batch_tokens", "samples", "min_len", "alpha",
+                "temperature", "top_k", "guidance_scale")
 
 
 def validate(config) -> None:
@@ -43,14 +44,15 @@ def _check_field(path: str, name: str, value) -> None:
     if name.endswith("dropout_rate") or name in ("label_smoothing", "b1", "b2"):
         if not 0 <= value < 1:
             raise ValueError(f"config.{path}={value}: must be in [0, 1)")
-    elif name == "character_coverage":
+    elif name in ("character_coverage", "top_p"):
         if not 0 < value <= 1:
             raise ValueError(f"config.{path}={value}: must be in (0, 1]")
     elif name in ZERO_ALLOWED:
         if value < 0:
             raise ValueError(f"config.{path}={value}: must not be negative")
     elif name in ("learning_rate", "eps", "batch_size", "keep_checkpoints", "micro_batches", "vocab_size",
-                  "max_len", "d_model", "d_ff", "num_heads", "image_size", "patch_size", "beam_size", "tune_examples") or name.endswith(("_steps", "_layers")):
+                  "max_len", "d_model", "d_ff", "num_heads", "image_size", "patch_size", "beam_size", "tune_examples",
+                  "max_new_tokens", "num_samples") or name.endswith(("_steps", "_layers")):
         if value <= 0:
             raise ValueError(f"config.{path}={value}: must be positive")
 

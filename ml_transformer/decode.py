@@ -4,7 +4,8 @@ Every search drives a model through a step function
 
     step_fn(tokens: int32[N, 1], state) -> (logits: float[N, V], new_state)
 
-where `tokens` is the previous token of each sequence (`bos_id` on the first call) and
+where `tokens` is the previous token of each sequence (`bos_id` on the first call: one
+id, or for greedy search and sampling int32[B], e.g. the last token of each prompt) and
 `state` is any pytree, e.g. a KV cache with the encoder outputs and source mask. Leaves
 with ndim >= 1 have the batch as leading dimension; leaves with ndim 0 (such as a cache
 write position) are shared by the whole batch and only `step_fn` changes them. Beam
@@ -18,7 +19,7 @@ position gets EOS there, so every output ends with EOS; beam search scores that 
 the model's own probability. `min_len` forbids EOS before that many tokens (at most
 limit - 1): with `min_len=1` no output is empty, which a weakly trained model would
 otherwise often prefer under beam search. Every search is traceable inside one
-`jax.jit`, with `batch_size`, `beam_size`, `max_len`, `min_len`, `bos_id`, `eos_id`, `penalty`,
+`jax.jit`, with `batch_size`, `beam_size`, `max_len`, `min_len`, `eos_id`, `penalty`,
 `temperature`, `top_k` and `top_p` static Python values.
 """
 
@@ -55,7 +56,8 @@ def _forbid_early_eos(logits: Array, i: Array, limits: Array, min_len: int, eos_
 def _decode(step_fn: StepFn, state: Any, select: Callable, rng: Array | None, *,
             batch_size: int, max_len: int, min_len: int, bos_id: int, eos_id: int,
             max_lens: Array | None) -> Array:
-    """Extends each sequence by `select(logits, key)` until every one has ended."""
+    """Extends each sequence by `select(logits, keys)` until every one has ended; `rng`
+    holds one key per sequence, folded with the position at each step."""
     limits = _length_limits(batch_size, max_len, max_lens)
 
     def cond(carry):
@@ -65,9 +67,9 @@ def _decode(step_fn: StepFn, state: Any, select: Callable, rng: Array | None, *,
     def body(carry):
         i, tokens, prev, finished, state = carry
         logits, state = step_fn(prev[:, None], state)
-        key = None if rng is None else jax.random.fold_in(rng, i)
+        keys = None if rng is None else jax.vmap(jax.random.fold_in, in_axes=(0, None))(rng, i)
         logits = _forbid_early_eos(logits.astype(jnp.float32), i, limits, min_len, eos_id)
-        token = select(logits, key).astype(jnp.int32)
+        token = select(logits, keys).astype(jnp.int32)
         token = jnp.where(i + 1 >= limits, eos_id, token)
         token = jnp.where(finished, PAD_ID, token)
         tokens = tokens.at[:, i].set(token)
@@ -76,7 +78,7 @@ def _decode(step_fn: StepFn, state: Any, select: Callable, rng: Array | None, *,
     carry = (
         jnp.int32(0),
         jnp.zeros((batch_size, max_len), jnp.int32),
-        jnp.full((batch_size,), bos_id, jnp.int32),
+        jnp.broadcast_to(jnp.asarray(bos_id, jnp.int32), (batch_size,)),
         jnp.zeros((batch_size,), bool),
         state,
     )
@@ -93,22 +95,23 @@ def greedy_search(step_fn: StepFn, state: Any, *, batch_size: int, max_len: int,
 
 
 def _sampler(temperature: float, top_k: int, top_p: float) -> Callable:
-    """`select(logits, key) -> tokens` drawing from the tempered, filtered distribution."""
+    """`select(logits [N, V], keys [N]) -> tokens [N]` drawing each row from its tempered,
+    filtered distribution with its own key."""
+    draw = jax.vmap(jax.random.categorical)
 
-    def select(logits, key):
+    def select(logits, keys):
         if temperature == 0:
             return jnp.argmax(logits, axis=-1)
         logits = logits / temperature
         if top_k == 0 and top_p == 1:
-            return jax.random.categorical(key, logits, axis=-1)
+            return draw(keys, logits)
         k = logits.shape[-1] if top_k == 0 else min(top_k, logits.shape[-1])
         logits, candidates = jax.lax.top_k(logits, k)
         if top_p < 1:
             probs = jax.nn.softmax(logits, axis=-1)
             mass_before = jnp.cumsum(probs, axis=-1) - probs
             logits = jnp.where(mass_before < top_p, logits, -jnp.inf)
-        choice = jax.random.categorical(key, logits, axis=-1)
-        return jnp.take_along_axis(candidates, choice[:, None], axis=-1)[:, 0]
+        return jnp.take_along_axis(candidates, draw(keys, logits)[:, None], axis=-1)[:, 0]
 
     return select
 
@@ -120,7 +123,9 @@ def sample(step_fn: StepFn, state: Any, rng: Array, *, batch_size: int, max_len:
 
     Logits are divided by `temperature` (0 means argmax). `top_k > 0` keeps the k most
     likely tokens; `top_p < 1` then keeps the fewest most likely tokens whose probability
-    (renormalised after top-k) reaches `top_p`. The same `rng` gives the same samples.
+    (renormalised after top-k) reaches `top_p`. `rng` is one key, or one key per sequence
+    `[batch_size]`: a sequence's samples then depend only on its key and its own logits,
+    so that it draws the same in any batch. The same `rng` gives the same samples.
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -128,6 +133,8 @@ def sample(step_fn: StepFn, state: Any, rng: Array, *, batch_size: int, max_len:
         raise ValueError(f"top_k must be >= 0, got {top_k}")
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if jnp.ndim(rng) == 0:
+        rng = jax.random.split(rng, batch_size)
     return _decode(step_fn, state, _sampler(temperature, top_k, top_p), rng,
                    batch_size=batch_size, max_len=max_len, min_len=min_len, bos_id=bos_id,
                    eos_id=eos_id, max_lens=max_lens)

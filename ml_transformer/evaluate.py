@@ -43,10 +43,12 @@ def search_name(beam_size: int, alpha: float | None) -> str:
 
 
 def write_eval(workdir: str, name: str, step: int, split: str, checkpoint: str, metrics: dict,
-               rows: list[tuple[str, str, str]] | None) -> str:
+               rows: list[tuple[str, ...]] | None, columns: tuple[str, ...] = ("source", "reference", "hypothesis")
+               ) -> str:
     """Writes `eval/<name>.json` (the metrics of checkpoint `checkpoint` on `split`) and,
-    given rows of (source, reference, hypothesis), `eval/<name>.tsv`; returns their path
-    without extension. WorkdirError naming the file if it cannot be written."""
+    given rows (e.g. of source, reference, hypothesis: `columns`), `eval/<name>.tsv`;
+    returns their path without extension. WorkdirError naming the file if it cannot be
+    written."""
     stem = os.path.join(workdir, "eval", name)
     try:
         save_json(stem + ".json", {"step": step, "split": split, "checkpoint": checkpoint, **metrics})
@@ -54,7 +56,7 @@ def write_eval(workdir: str, name: str, step: int, split: str, checkpoint: str, 
             tmp = stem + ".tsv.tmp"
             with open(tmp, "w", encoding="utf-8", newline="") as f:
                 writer = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
-                writer.writerow(["source", "reference", "hypothesis"])
+                writer.writerow(columns)
                 writer.writerows(rows)
             os.replace(tmp, stem + ".tsv")
     except OSError as e:

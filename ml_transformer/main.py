@@ -14,22 +14,10 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from ml_transformer import config_checks, evaluate, workdir as workdirs
+from ml_transformer.tasks import make_task
 from ml_transformer.train import loop, partitioning
 
 MODES = ("train", "eval", "predict", "attention")
-
-
-def make_task(config, workdir: str, mesh):
-    """The task named by `config.task`."""
-    if config.task == "translation":
-        from ml_transformer.tasks.translation import TranslationTask
-
-        return TranslationTask(config, workdir, mesh)
-    if config.task == "classification":
-        from ml_transformer.tasks.classification import ClassificationTask
-
-        return ClassificationTask(config, workdir, mesh)
-    raise ValueError(f"config.task: unknown task {config.task!r} (translation, classification)")
 
 
 def run(config, workdir: str, mode: str = "train", *, checkpoint: str = "latest", split: str = "test",
@@ -63,13 +51,13 @@ def run(config, workdir: str, mode: str = "train", *, checkpoint: str = "latest"
             report(task, loop.restore_params(task, config, workdir, mesh, checkpoint), workdir, split)
         elif mode == "predict":
             restored = loop.restore_params(task, config, workdir, mesh, checkpoint)
-            choose_decoding(task, restored, workdir)
+            task.choose_decoding(restored.params, restored.name, workdir)
             answers = task.predict(restored.params, inputs.lines, inputs.numbers)
             if lead:
                 print("".join(f"{answer}\n" for answer in inputs.place(answers)), end="", flush=True)
         else:
             restored = loop.restore_params(task, config, workdir, mesh, checkpoint)
-            choose_decoding(task, restored, workdir)
+            task.choose_decoding(restored.params, restored.name, workdir)
             out_dir = os.path.join(workdir, "attention", restored.name)
             for path in task.attention(restored.params, inputs.lines, inputs.numbers, layer, head, out_dir):
                 print(path)
@@ -95,17 +83,10 @@ def _held(workdir: str, write: bool):
         yield
 
 
-def choose_decoding(task, restored: loop.Restored, workdir: str) -> None:
-    """Lets a task that decodes settle what its config leaves to validation data (the length
-    penalty of translation's beam search) for this checkpoint."""
-    if hasattr(task, "choose_decoding"):
-        task.choose_decoding(restored.params, restored.name, workdir)
-
-
 def report(task, restored: loop.Restored, workdir: str, split: str) -> dict:
     """Full evaluation of a split: prints a summary, then writes
     eval/<result name>.{json,tsv} (`evaluate.result_name`)."""
-    choose_decoding(task, restored, workdir)
+    task.choose_decoding(restored.params, restored.name, workdir)
     params, step = restored.params, restored.step
     metrics, rows = task.evaluate(params, split, step, full=True)
     logging.info("%s @ %d: %s", split, step, metrics)
@@ -113,10 +94,12 @@ def report(task, restored: loop.Restored, workdir: str, split: str) -> dict:
         summary = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
         label = "" if restored.name == str(step) else f" ({restored.name})"
         print(f"{split} @ step {step}{label}: {summary}", flush=True)
-        for source, reference, hypothesis in rows[: task.config.decode.samples] if rows else []:
-            print(f"\n  source:     {source}\n  reference:  {reference}\n  hypothesis: {hypothesis}", flush=True)
+        width = max(map(len, task.row_names)) + 2
+        for row in rows[: task.config.decode.samples] if rows else []:
+            print("\n" + "\n".join(f"  {f'{name}:':<{width}}{value}" for name, value in zip(task.row_names, row)),
+                  flush=True)
         name = evaluate.result_name(task.config, split, restored.name)
-        stem = evaluate.write_eval(workdir, name, step, split, restored.name, metrics, rows)
+        stem = evaluate.write_eval(workdir, name, step, split, restored.name, metrics, rows, task.row_names)
         print(f"\nwrote {stem}.json" + (f" and {stem}.tsv" if rows is not None else ""))
     return metrics
 

@@ -149,3 +149,25 @@ def load_splits(pair: str = 'en-fr', data_dir: str | None = None) -> dict:
     """Random-access data sources {'train', 'validation', 'test'} for `pair`."""
     builder = prepare(pair, data_dir)
     return {split: builder.as_data_source(split=split) for split in SPLITS}
+
+
+# Language -> (pair, side) of the pair builder whose verses are that language's text.
+LANGUAGES: Mapping[str, tuple[str, str]] = {
+    'en': ('en-fr', 'source'),
+    'fr': ('en-fr', 'target'),
+    'de': ('en-de', 'target'),
+    'ko': ('en-ko', 'target'),
+}
+
+
+def read_verses(language: str, split: str, data_dir: str | None = None) -> list[str]:
+    """The verses of one translation in a split of its pair builder (whole chapters, as
+    in translation), in the stored order."""
+    if language not in LANGUAGES:
+        raise ValueError(f'Unknown Bible language {language!r}; known: {", ".join(LANGUAGES)}.')
+    if split not in SPLITS:
+        raise ValueError(f'Unknown split {split!r}; known: {", ".join(SPLITS)}.')
+    pair, side = LANGUAGES[language]
+    source = prepare(pair, data_dir).as_data_source(split=split)
+    return [text.decode('utf-8') if isinstance(text, bytes) else str(text)
+            for text in (source[i][side] for i in range(len(source)))]

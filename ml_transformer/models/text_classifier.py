@@ -67,19 +67,10 @@ class TextClassifier(nn.Module):
 def from_config(model_config, num_classes: int) -> TextClassifier:
     """The classifier described by `config.model` (see experiments/textcls_*.py)."""
     m = model_config
-    block = BlockConfig(
-        d_model=m.d_model,
-        num_heads=m.num_heads,
-        d_ff=m.d_ff,
-        dropout_rate=m.encoder_dropout_rate,
-        pre_ln=m.pre_ln,
-        dtype=jnp.dtype(m.dtype),
-        attention_impl=m.attention_impl or None,
-    )
     return TextClassifier(TextClassifierConfig(
         vocab_size=m.vocab_size,
         num_classes=num_classes,
-        block=block,
+        block=BlockConfig.from_model_config(m, dropout_rate=m.encoder_dropout_rate),
         num_layers=m.num_layers,
         max_len=m.max_len,
         dropout_rate=m.dropout_rate,

@@ -134,18 +134,20 @@ class MultiHeadAttention(nn.Module):
         return self.out(out), None
 
     def _attend_cached(self, query: Array, inputs_kv: Array | None, mask: Array | None, cache: dict):
-        """Decoding attention of one position over a cache held in the layout its two dots
-        read without transposing: keys `[B, H, D, L]`, values `[B, H, L, D]`."""
-        if "index" in cache:  # self-attention: this position's key and value join the cache
+        """Decoding attention of new positions over a cache held in the layout its two dots
+        read without transposing: keys `[B, H, D, L]`, values `[B, H, L, D]`. In
+        self-attention the `Lq` new positions (one per step, or a whole prompt at once)
+        join the cache at `index` and each attends to the cached positions up to itself."""
+        if "index" in cache:  # self-attention: the new keys and values join the cache
             index = cache["index"]
             key = self.key(inputs_kv).transpose(0, 2, 3, 1).astype(cache["key"].dtype)
             value = self.value(inputs_kv).transpose(0, 2, 1, 3).astype(cache["value"].dtype)
-            if key.shape[-1] != 1:
-                raise ValueError(f"cached decoding takes one position per call, got {key.shape[-1]}")
             keys = jax.lax.dynamic_update_slice_in_dim(cache["key"], key, index, axis=3)
             values = jax.lax.dynamic_update_slice_in_dim(cache["value"], value, index, axis=2)
-            seen = (jnp.arange(keys.shape[3]) <= index)[None, None, None, :]
-            mask, cache = combine_masks(mask, seen), {"key": keys, "value": values, "index": index + 1}
+            new = query.shape[1]
+            seen = jnp.arange(keys.shape[3])[None, :] <= index + jnp.arange(new)[:, None]
+            mask = combine_masks(mask, seen[None, None])
+            cache = {"key": keys, "value": values, "index": index + new}
         query = query.transpose(0, 2, 1, 3)
         scores = jnp.einsum("bhqd,bhdk->bhqk", query, cache["key"]) / jnp.sqrt(query.shape[-1]).astype(query.dtype)
         weights = masked_softmax(scores, mask).astype(query.dtype)

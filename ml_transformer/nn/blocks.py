@@ -34,6 +34,19 @@ class BlockConfig:
     param_dtype: Any = jnp.float32
     attention_impl: str | None = None
 
+    @classmethod
+    def from_model_config(cls, model_config, **overrides) -> "BlockConfig":
+        """The block settings of an experiment's `config.model` (fields `d_model`,
+        `num_heads`, `d_ff`, `dropout_rate`, `pre_ln`, `dtype`, `attention_impl` and, where
+        present, `attention_dropout_rate`); `overrides` replace any of them."""
+        m = model_config
+        fields = dict(
+            d_model=m.d_model, num_heads=m.num_heads, d_ff=m.d_ff, dropout_rate=m.dropout_rate,
+            attention_dropout_rate=m.get("attention_dropout_rate", 0.0), pre_ln=m.pre_ln,
+            dtype=jnp.dtype(m.dtype), attention_impl=m.attention_impl or None,
+        )
+        return cls(**{**fields, **overrides})
+
 
 class FeedForward(nn.Module):
     """Position-wise FFN(x) = W₂ act(W₁x + b₁) + b₂."""
@@ -97,21 +110,25 @@ class EncoderBlock(nn.Module):
 
 
 class DecoderBlock(nn.Module):
-    """Masked self-attention, encoder-decoder attention (K, V from the encoder), feed-forward.
+    """Masked self-attention, encoder-decoder attention (K, V from the encoder), feed-forward;
+    with `cross=False` (decoder-only models) no encoder-decoder attention, and `memory`,
+    `cross_mask` are unused.
 
-    With `cache` (`{'self': ..., 'cross': ...}`) it decodes one position and returns the
-    updated cache.
+    With `cache` (`{'self': ...}`, plus `'cross'` when `cross`) it decodes the new
+    positions and returns the updated cache.
     """
 
     config: BlockConfig
+    cross: bool = True
 
     def setup(self):
         self.self_attention = _attention(self.config)
-        self.cross_attention = _attention(self.config)
         self.feed_forward = FeedForward(self.config)
         self.residual_self = Residual(self.config)
-        self.residual_cross = Residual(self.config)
         self.residual_ff = Residual(self.config)
+        if self.cross:
+            self.cross_attention = _attention(self.config)
+            self.residual_cross = Residual(self.config)
 
     def __call__(
         self,
@@ -138,7 +155,8 @@ class DecoderBlock(nn.Module):
             return out
 
         x = self.residual_self(x, self_attend, train=train)
-        x = self.residual_cross(x, cross_attend, train=train)
+        if self.cross:
+            x = self.residual_cross(x, cross_attend, train=train)
         x = self.residual_ff(x, lambda h: self.feed_forward(h, train=train), train=train)
         return x, (new_cache if cache is not None else None)
 

@@ -24,7 +24,6 @@ two-class sigmoid head.
 from __future__ import annotations
 
 import functools
-import importlib
 import math
 
 import jax
@@ -33,9 +32,11 @@ import numpy as np
 import optax
 
 from ml_transformer import attention_maps
+from ml_transformer.registry import resolve
 from ml_transformer.models import vit
 from ml_transformer.train import partitioning
 from ml_transformer.train.losses import summarize
+from ml_transformer.tasks.base import Task, summed
 from ml_transformer.train.steps import eval_step
 
 DATASETS = {
@@ -50,13 +51,6 @@ MODELS = {
     "vit": "ml_transformer.models.vit:from_config",
     "text_classifier": "ml_transformer.models.text_classifier:from_config",
 }
-
-
-def _resolve(registry: dict[str, str], name: str, field: str):
-    if name not in registry:
-        raise ValueError(f"{field}: unknown name {name!r} (one of {', '.join(sorted(registry))})")
-    module, function = registry[name].split(":")
-    return getattr(importlib.import_module(module), function)
 
 
 def classification_metrics(logits: jax.Array, labels: jax.Array, valid: jax.Array, smoothing: float) -> dict:
@@ -94,15 +88,15 @@ def probabilities(logits: jax.Array) -> jax.Array:
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
 
-class ClassificationTask:
+class ClassificationTask(Task):
     """Everything the trainer and the eval/predict modes need for classification."""
 
     unit = "examples"
 
     def __init__(self, config, workdir: str, mesh):
         self.config, self.mesh = config, mesh
-        self.data = _resolve(DATASETS, config.data.name, "config.data.name")(config, workdir)
-        self.model = _resolve(MODELS, config.model.name, "config.model.name")(config.model, self.data.num_classes)
+        self.data = resolve(DATASETS, config.data.name, "config.data.name")(config, workdir)
+        self.model = resolve(MODELS, config.model.name, "config.model.name")(config.model, self.data.num_classes)
         self.batch_multiple = partitioning.row_multiple(mesh, config.micro_batches)
         self.eval_batch_size = partitioning.padded_rows(config.batch_size, self.batch_multiple)
         self.resize_param = vit.resize_restored if isinstance(self.model, vit.ViT) else None
@@ -128,13 +122,10 @@ class ClassificationTask:
 
     def evaluate(self, params, split: str, step: int, *, full: bool = False):
         """Loss and accuracy over the whole split; no per-example rows."""
-        sums = None
-        for batch in self.data.eval_batches(split, batch_size=self.eval_batch_size,
-                                            batch_multiple=self.batch_multiple):
-            batch_sums = self._eval_step(params, self._global(batch))
-            sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
-        metrics = summarize(jax.device_get(sums), self.unit)
-        metrics["examples"] = int(jax.device_get(sums)["examples"])
+        batches = self.data.eval_batches(split, batch_size=self.eval_batch_size, batch_multiple=self.batch_multiple)
+        sums = summed(lambda batch: self._eval_step(params, self._global(batch)), batches)
+        metrics = summarize(sums, self.unit)
+        metrics["examples"] = int(sums["examples"])
         return metrics, None
 
     def predict(self, params, lines: list[str], numbers: list[int]) -> list[str]:

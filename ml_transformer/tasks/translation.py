@@ -15,6 +15,7 @@ from ml_transformer.data import bible, pipeline
 from ml_transformer.data.tokenizer import Tokenizer, cached_tokenizer
 from ml_transformer.models.seq2seq import Seq2Seq, Seq2SeqConfig
 from ml_transformer.nn.blocks import BlockConfig
+from ml_transformer.tasks.base import Task, summed
 from ml_transformer.train import partitioning
 from ml_transformer.train.losses import summarize, token_metrics
 from ml_transformer.train.steps import eval_step
@@ -23,19 +24,9 @@ from ml_transformer.workdir import read_json, save_json
 
 def model_config(config, vocab_size: int, bos_id: int) -> Seq2SeqConfig:
     m = config.model
-    block = BlockConfig(
-        d_model=m.d_model,
-        num_heads=m.num_heads,
-        d_ff=m.d_ff,
-        dropout_rate=m.dropout_rate,
-        attention_dropout_rate=m.attention_dropout_rate,
-        pre_ln=m.pre_ln,
-        dtype=jnp.dtype(m.dtype),
-        attention_impl=m.attention_impl or None,
-    )
     return Seq2SeqConfig(
         vocab_size=vocab_size,
-        block=block,
+        block=BlockConfig.from_model_config(m),
         num_encoder_layers=m.num_encoder_layers,
         num_decoder_layers=m.num_decoder_layers,
         max_len=m.max_len,
@@ -103,7 +94,7 @@ def translate(model: Seq2Seq, params, inputs, *, beam_size: int, alpha: float, e
 DECODING_FILE = "decoding.json"
 
 
-class TranslationTask:
+class TranslationTask(Task):
     """Everything the trainer and the eval/predict modes need for translation."""
 
     unit = "tokens"
@@ -284,14 +275,10 @@ class TranslationTask:
         Returns (metrics, rows of (source, reference, hypothesis) that were decoded).
         """
         inputs, targets = self.encoded(split)
-        sums = None
         batches = pipeline.eval_batches(
             inputs, targets, batch_size=self.eval_batch_size, batch_multiple=self.batch_multiple
         )
-        for batch in batches:
-            batch_sums = self._eval_step(params, self._global(batch))
-            sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
-        metrics = summarize(jax.device_get(sums), self.unit)
+        metrics = summarize(summed(lambda batch: self._eval_step(params, self._global(batch)), batches), self.unit)
         limit = self.config.decode.final_examples if full else self.config.decode.eval_examples
         count = min(limit or len(inputs), len(inputs))
         beam, alpha = self.decoding if full else (1, 0.0)

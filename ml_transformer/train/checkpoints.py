@@ -17,7 +17,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 BEST = "best"
-LOWER_IS_BETTER = ("loss", "nll", "perplexity")
+LOWER_IS_BETTER = ("loss", "nll", "perplexity", "bits_per_char")
 
 # Fits a restored parameter to a model's shape: (name, value, shape) -> value, or None if it cannot.
 Resize = Callable[[str, Any, tuple], Any]

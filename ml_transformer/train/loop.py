@@ -1,8 +1,6 @@
 """The training loop, shared by every task.
 
-A task provides: `unit` ('tokens' or 'examples'), `init_params(rng)`, `loss_fn(params,
-batch, rng, train)`, `train_batches()` (a grain MapDataset whose item `step` is this
-process's rows of the batch for that global step, always the same), and `evaluate(params, split, step)` returning (metrics, rows).
+Tasks are `tasks.base.Task`s; the loop imports none of them.
 """
 
 from __future__ import annotations
@@ -100,7 +98,7 @@ def restore_params(task, config, workdir: str, mesh, which: str = "latest") -> R
     the task's `resize_param` (e.g. ViT position embeddings at another image resolution);
     ValueError if they cannot be."""
     _, _, abstract, _ = build_state(task, config, mesh)
-    resize = getattr(task, "resize_param", None)
+    resize = task.resize_param
     if which == BEST:
         with _opened(config, workdir, best=True) as best:
             step = best.latest_step()
