@@ -1,5 +1,7 @@
-r"""Translation speed of a trained model: greedy and beam search, with the KV cache and without.
+r"""Decoding speed: translation (greedy and beam search) or a language model's sampling,
+each with the KV cache and without.
 
+Translation, of a trained model:
   python benchmarks/decode.py --config=experiments/translate_bible.py --workdir=runs/translate_bible \
       [--split=test] [--count=0] [--beam_size=4] [--alpha=1.0] [--uncached_count=64] [--config.KEY=VALUE ...]
 
@@ -10,24 +12,43 @@ sentences/s and output tokens/s, compilation included, and how many shapes each 
 compiled for. Then, side by side on the first `--uncached_count` sentences, the same searches
 with the cache and recomputing the decoder over the whole prefix at every step: the cache's
 speedup.
+
+Language model sampling:
+  python benchmarks/decode.py --config=experiments/lm_bible.py [--count=8] [--new_tokens=256] \
+      [--prompt_tokens=16]
+
+Samples `--new_tokens` tokens (EOS excluded, so that every sequence runs to the end) after
+`--count` random prompts of `--prompt_tokens` tokens with the config's model (random
+weights: the speed does not depend on them; its context widened to hold prompt and
+continuation), with the cache and recomputing the whole sequence at every step, both
+compiled first: seconds, generated tokens/s, and the cache's speedup.
 """
 
+import functools
+import sys
 import time
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from ml_transformer.data.tokenizer import EOS_ID
+from ml_transformer.tasks import language_model
+from ml_transformer.tasks.generation import left_padded, sample_tokens
 from ml_transformer.tasks.translation import TranslationTask
 from ml_transformer.train import loop, partitioning
 
 config_flags.DEFINE_config_file("config", "experiments/translate_bible.py", "The run's experiment config.")
-flags.DEFINE_string("workdir", None, "Workdir of a trained translation run.", required=True)
+flags.DEFINE_string("workdir", None, "Workdir of a trained translation run.")
 flags.DEFINE_string("split", "test", "Split whose sources are translated.")
-flags.DEFINE_integer("count", 0, "Sentences translated (0: all).")
+flags.DEFINE_integer("count", 0, "Sentences translated (0: all); prompts sampled from (0: 8).")
 flags.DEFINE_integer("beam_size", 4, "Beam size of the beam search.")
 flags.DEFINE_float("alpha", 1.0, "Length penalty of the beam search.")
 flags.DEFINE_integer("uncached_count", 64, "Sentences translated with and without the cache (0: skip).")
+flags.DEFINE_integer("new_tokens", 256, "Tokens sampled after each prompt (language models).")
+flags.DEFINE_integer("prompt_tokens", 16, "Tokens of each random prompt (language models).")
 FLAGS = flags.FLAGS
 
 
@@ -64,6 +85,11 @@ def line(name: str, count: int, seconds: float, tokens: int, compiled: int, comp
 
 def main(_):
     config = FLAGS.config
+    if config.task == "language_model":
+        return sampling(config)
+    if config.task != "translation" or not FLAGS.workdir:
+        sys.exit("error: measures a translation run (--workdir=) or a language model's sampling "
+                 f"(got config.task={config.task!r})")
     mesh = partitioning.mesh_from_config(config)
     task = TranslationTask(config, FLAGS.workdir, mesh)
     restored = loop.restore_params(task, config, FLAGS.workdir, mesh)
@@ -81,6 +107,29 @@ def main(_):
             with_cache, without = (timed(task, restored.params, few, beam_size, cached)[0] for cached in (True, False))
             print(f"{name}, {len(few)} sentences: {with_cache:.2f} s with the cache, {without:.2f} s recomputing "
                   f"the prefix ({without / with_cache:.1f}x)", flush=True)
+
+
+def sampling(config) -> None:
+    """Cached against uncached sampling of the config's language model, side by side."""
+    count, new, length = FLAGS.count or 8, FLAGS.new_tokens, FLAGS.prompt_tokens
+    config.model.max_len = max(config.model.max_len, length + new)
+    vocab_size = config.data.vocab_size
+    model = language_model.decoder_only(config, vocab_size)
+    params = jax.jit(model.init)(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"]
+    rng = np.random.default_rng(0)
+    prompts = left_padded([rng.integers(EOS_ID + 1, vocab_size, size=length) for _ in range(count)], count, length)
+    sample = jax.jit(functools.partial(sample_tokens, model, eos_id=EOS_ID, max_new_tokens=new + 1, temperature=1.0,
+                                       allowed=np.arange(vocab_size) != EOS_ID), static_argnames="cached")
+    seconds = {}
+    for cached in (True, False):
+        jax.block_until_ready(sample(params, prompts, jax.random.key(0), cached=cached))  # compiled
+        start = time.perf_counter()
+        tokens = jax.block_until_ready(sample(params, prompts, jax.random.key(1), cached=cached))
+        seconds[cached] = time.perf_counter() - start
+    generated = int(np.count_nonzero(tokens)) - count  # the EOS closing each sequence aside
+    print(f"sampling {new} tokens after {count} prompts of {length}: {seconds[True]:.2f} s with the cache "
+          f"({generated / seconds[True]:,.0f} tokens/s), {seconds[False]:.2f} s recomputing the sequence "
+          f"({generated / seconds[False]:,.0f} tokens/s): {seconds[False] / seconds[True]:.1f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,8 @@ from ml_transformer import run_settings
 
 def get_config(arg: str | None = None):
     args = run_settings.arguments(arg, "dalle_digits.py")
-    c = run_settings.run("text_to_image", total_steps=4000, batch_size=64, best_metric="nll",
-                         eval_every_steps=1000, checkpoint_every_steps=1000)
+    c = run_settings.run("text_to_image", total_steps=1500, batch_size=64, best_metric="nll",
+                         eval_every_steps=500, checkpoint_every_steps=500)
 
     c.data = {}
     c.data.data_dir = ""  # TFDS data directory; empty = TFDS's default (~/tensorflow_datasets)

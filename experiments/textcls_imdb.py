@@ -17,38 +17,23 @@ sigmoid logit.
 Expected result and time: to be measured.
 """
 
-import ml_collections
+from ml_transformer import run_settings
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    args = [a for a in (arg or "").split(",") if a]
-    if any(a != "smoke" for a in args):
-        raise ValueError(f"textcls_imdb.py: unknown argument(s) {[a for a in args if a != 'smoke']}; known: smoke")
+def get_config(arg: str | None = None):
+    args = run_settings.arguments(arg, "textcls_imdb.py")
+    # 4,000 steps: about 5.7 epochs of 22,500 reviews
+    c = run_settings.run("classification", total_steps=4000, batch_size=32, best_metric="accuracy",
+                         checkpoint_every_steps=500, keep_checkpoints=3)
 
-    c = ml_collections.ConfigDict()
-    c.task = "classification"
-    c.seed = 0
-    c.total_steps = 4000  # about 5.7 epochs of 22,500 reviews
-    c.batch_size = 32
-    c.log_every_steps = 100
-    c.eval_every_steps = 500
-    c.checkpoint_every_steps = 500
-    c.keep_checkpoints = 3  # the rolling set; the best checkpoint is kept apart
-    c.best_metric = "accuracy"  # validation metric that picks --checkpoint=best
-    c.final_split = "test"
-    c.micro_batches = 1  # gradient accumulation: each batch in this many slices, one at a time
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1  # devices along the data-parallel axis; -1 = all remaining
-    c.mesh.fsdp = 1  # devices that parameters and optimizer state are sharded over
-
-    c.data = ml_collections.ConfigDict()
+    c.data = {}
     c.data.name = "imdb_reviews"
     c.data.data_dir = ""  # TFDS data directory; empty = TFDS's default (~/tensorflow_datasets)
     c.data.vocab_size = 20000  # SentencePiece pieces, trained on the training reviews
     c.data.max_len = 600  # reviews are truncated to this many tokens (keeping the start)
     c.data.batch_tokens = 0  # 0: batch_size rows of max_len tokens; > 0: length-bucketed batches
 
-    c.model = ml_collections.ConfigDict()
+    c.model = {}
     c.model.name = "text_classifier"
     c.model.vocab_size = c.data.get_ref("vocab_size")
     c.model.max_len = c.data.get_ref("max_len")
@@ -63,25 +48,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.dtype = "float32"  # compute dtype; "bfloat16" on GPU/TPU
     c.model.attention_impl = ""  # "" = XLA's choice; "cudnn" for flash attention on GPU
 
-    c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.name = "adam"
-    c.optimizer.b1 = 0.9
-    c.optimizer.b2 = 0.999
-    c.optimizer.eps = 1e-8
-    c.optimizer.weight_decay = 0.0
-    c.optimizer.schedule = "cosine"  # linear warmup, then cosine decay to 0
-    c.optimizer.learning_rate = 1e-3
-    c.optimizer.warmup_steps = 200
-    c.optimizer.label_smoothing = 0.0
-    c.optimizer.grad_clip_norm = 1.0
+    c.optimizer = run_settings.optimizer(learning_rate=1e-3, schedule="cosine", warmup_steps=200)
 
     if "smoke" in args:
         c.model.update(d_model=32, num_heads=2, d_ff=32)
         c.data.vocab_size = 2000
         c.data.max_len = 64
-        c.total_steps = 30
-        c.log_every_steps = 10
-        c.eval_every_steps = 15
-        c.checkpoint_every_steps = 15
-        c.optimizer.warmup_steps = 5
+        run_settings.smoke(c)
     return c

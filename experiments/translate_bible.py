@@ -19,37 +19,20 @@ Sweep (`get_sweep`, `--mode=sweep`): the schedule's warmup steps × its scale
 1, 2; with `smoke`, scale 1 or 2.
 """
 
-import ml_collections
 from ml_collections import config_dict
 
-from ml_transformer import sweep
+from ml_transformer import run_settings, sweep
 
 PAIRS = ("en-fr", "en-de", "en-ko")
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    args = [a for a in (arg or "").split(",") if a]
-    unknown = [a for a in args if a not in PAIRS + ("smoke", "base")]
-    if unknown:
-        raise ValueError(f"translate_bible.py: unknown argument(s) {unknown}; known: {list(PAIRS)}, smoke, base")
+def get_config(arg: str | None = None):
+    args = run_settings.arguments(arg, "translate_bible.py", PAIRS + ("smoke", "base"))
+    # batch_size: sentences per evaluation batch; the final split is evaluated with beam search (see decode)
+    c = run_settings.run("translation", total_steps=3600, batch_size=64, best_metric="bleu", log_every_steps=50,
+                         eval_every_steps=1200, checkpoint_every_steps=1200, keep_checkpoints=3)
 
-    c = ml_collections.ConfigDict()
-    c.task = "translation"
-    c.seed = 0
-    c.total_steps = 3600
-    c.batch_size = 64  # sentences per evaluation batch
-    c.log_every_steps = 50
-    c.eval_every_steps = 1200
-    c.checkpoint_every_steps = 1200
-    c.keep_checkpoints = 3  # the rolling set; the best checkpoint is kept apart
-    c.best_metric = "bleu"  # validation metric that picks --checkpoint=best
-    c.final_split = "test"  # evaluated in full (beam search, see decode) when training ends
-    c.micro_batches = 1  # gradient accumulation: each batch in this many slices, one at a time
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1  # devices along the data-parallel axis; -1 = all remaining
-    c.mesh.fsdp = 1  # devices that parameters and optimizer state are sharded over
-
-    c.data = ml_collections.ConfigDict()
+    c.data = {}
     c.data.pair = next((a for a in args if a in PAIRS), "en-fr")
     c.data.data_dir = ""  # TFDS data directory; empty = TFDS's default (~/tensorflow_datasets)
     c.data.vocab_size = 4000  # joint SentencePiece vocabulary
@@ -60,7 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.max_len = 96  # training pairs longer than this (in subword tokens) are dropped
     c.data.batch_tokens = 2048  # padded tokens per side per training batch (length-bucketed)
 
-    c.model = ml_collections.ConfigDict()
+    c.model = {}
     c.model.d_model = 256
     c.model.num_heads = 4
     c.model.d_ff = 512
@@ -76,22 +59,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.dtype = "float32"  # compute dtype; "bfloat16" on GPU/TPU
     c.model.attention_impl = ""  # "" = XLA's choice; "cudnn" for flash attention on GPU
 
-    c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.name = "adam"
-    c.optimizer.b1 = 0.9
-    c.optimizer.b2 = 0.98
-    c.optimizer.eps = 1e-9
-    c.optimizer.weight_decay = 0.0
-    c.optimizer.schedule = "transformer"  # d_model^-0.5 · min(step^-0.5, step · warmup^-1.5)
-    # Scale of the schedule: peak 1.6e-3 at step 400. Validation perplexity / greedy BLEU
-    # at step 800 (character coverage 0.9995): scale 0.5: 19.8 / 9.0; scale 1: 20.2 / 7.7;
-    # scale 2: 38.4 / 1.5, every attention head having collapsed onto a single key.
-    c.optimizer.learning_rate = 0.5
-    c.optimizer.warmup_steps = 400
-    c.optimizer.label_smoothing = 0.1
-    c.optimizer.grad_clip_norm = 0.0
+    # Schedule "transformer": d_model^-0.5 · min(step^-0.5, step · warmup^-1.5), `learning_rate`
+    # its scale: peak 1.6e-3 at step 400. Validation perplexity / greedy BLEU at step 800
+    # (character coverage 0.9995): scale 0.5: 19.8 / 9.0; scale 1: 20.2 / 7.7; scale 2:
+    # 38.4 / 1.5, every attention head having collapsed onto a single key.
+    c.optimizer = run_settings.optimizer(learning_rate=0.5, schedule="transformer", warmup_steps=400, b2=0.98,
+                                         eps=1e-9, label_smoothing=0.1, grad_clip_norm=0.0)
 
-    c.decode = ml_collections.ConfigDict()
+    c.decode = {}
     c.decode.beam_size = 4  # of full evaluations and predictions; 1 = greedy
     # Length penalty of beam search: None = chosen on validation data for each evaluated
     # checkpoint (at the end of training): the candidate among greedy and beam search at
@@ -130,11 +105,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.vocab_size = 1000  # Korean needs ~900 pieces for its characters alone
         c.data.batch_tokens = 512
         c.data.max_len = 48
-        c.total_steps = 40
-        c.log_every_steps = 10
-        c.eval_every_steps = 20
-        c.checkpoint_every_steps = 20
-        c.optimizer.warmup_steps = 10
+        run_settings.smoke(c, total_steps=40, warmup_steps=10)
+        c.log_every_steps = 10  # not 40 // 3
         c.decode.eval_examples = 16
         c.decode.final_examples = 64
         c.decode.extra_len = 10

@@ -21,34 +21,18 @@ Expected result: the paper reports 77.9% top-1 for ViT-B/16 trained on ImageNet 
 (after fine-tuning at 384x384); this run, at 224x224, is to be measured.
 """
 
-import ml_collections
+from ml_transformer import run_settings
 
 IMAGE_SIZE = 224
 EPOCH_STEPS = 1_268_355 // 4096  # the first 99% of the 1,281,167 training images
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    args = [a for a in (arg or "").split(",") if a]
-    if any(a != "smoke" for a in args):
-        raise ValueError(f"vit_imagenet.py: unknown argument(s) {[a for a in args if a != 'smoke']}; known: smoke")
+def get_config(arg: str | None = None):
+    args = run_settings.arguments(arg, "vit_imagenet.py")
+    c = run_settings.run("classification", total_steps=300 * EPOCH_STEPS, batch_size=4096, best_metric="accuracy",
+                         eval_every_steps=5000, checkpoint_every_steps=5000, keep_checkpoints=3)
 
-    c = ml_collections.ConfigDict()
-    c.task = "classification"
-    c.seed = 0
-    c.total_steps = 300 * EPOCH_STEPS
-    c.batch_size = 4096
-    c.log_every_steps = 100
-    c.eval_every_steps = 5000
-    c.checkpoint_every_steps = 5000
-    c.keep_checkpoints = 3  # the rolling set; the best checkpoint is kept apart
-    c.best_metric = "accuracy"  # validation metric that picks --checkpoint=best
-    c.final_split = "test"
-    c.micro_batches = 1  # gradient accumulation: each batch in this many slices, one at a time
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1  # devices along the data-parallel axis; -1 = all remaining
-    c.mesh.fsdp = 1  # devices that parameters and optimizer state are sharded over
-
-    c.data = ml_collections.ConfigDict()
+    c.data = {}
     c.data.name = "imagenet2012"
     c.data.data_dir = ""  # TFDS data directory; empty = TFDS's default (~/tensorflow_datasets)
     c.data.image_size = IMAGE_SIZE
@@ -56,7 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.flip = True
     c.data.mixup_alpha = 0.0
 
-    c.model = ml_collections.ConfigDict()
+    c.model = {}
     c.model.name = "vit"
     c.model.variant = "B/16"  # sizes from the variant; nonzero fields below override them
     c.model.patch_size = 0
@@ -71,26 +55,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.dtype = "bfloat16"  # compute dtype; parameters stay float32
     c.model.attention_impl = ""  # "" = XLA's choice; "cudnn" for flash attention on GPU
 
-    c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.name = "adamw"
-    c.optimizer.b1 = 0.9
-    c.optimizer.b2 = 0.999
-    c.optimizer.eps = 1e-8
-    c.optimizer.weight_decay = 0.3
-    c.optimizer.schedule = "cosine"
-    c.optimizer.learning_rate = 3e-3
-    c.optimizer.warmup_steps = 10_000
-    c.optimizer.label_smoothing = 0.0
-    c.optimizer.grad_clip_norm = 1.0
+    c.optimizer = run_settings.optimizer(learning_rate=3e-3, schedule="cosine", warmup_steps=10_000, name="adamw",
+                                         weight_decay=0.3)
 
     if "smoke" in args:
         c.model.update(variant="", patch_size=8, d_model=16, num_layers=1, num_heads=2, d_ff=32,
                        image_size=32, dtype="float32")
         c.data.image_size = 32
         c.batch_size = 8
-        c.total_steps = 30
-        c.log_every_steps = 10
-        c.eval_every_steps = 15
-        c.checkpoint_every_steps = 15
-        c.optimizer.warmup_steps = 5
+        run_settings.smoke(c)
     return c

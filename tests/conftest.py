@@ -60,6 +60,12 @@ def launch(*args, stdin=None, env=None) -> subprocess.CompletedProcess:
     )
 
 
+def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
+    """`python benchmarks/SCRIPT ARGS` from the repository root, output captured."""
+    return subprocess.run([sys.executable, f"benchmarks/{script}", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+
+
 def launch_command(*args) -> list[str]:
     return [sys.executable, os.path.join(ROOT, "launch.py"), *args]
 

@@ -1,15 +1,7 @@
 """Every script in benchmarks/ runs here at a tiny size: a changed signature fails a test,
 not a user."""
 
-import subprocess
-import sys
-
-from conftest import ROOT, smoke_args
-
-
-def run(script: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, f"benchmarks/{script}", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+from conftest import run_benchmark as run, smoke_args
 
 
 def test_train_step_benchmark_reports_flops_matmul_share_and_the_input_pipeline(tfds_dir):
@@ -32,6 +24,13 @@ def test_decode_benchmark_times_searches_with_and_without_the_cache(trained):
     assert lines[0].startswith("step 6, validation: 8 sentences")
     assert lines[1].startswith("greedy: 8 sentences in ") and lines[2].startswith("beam 4: 8 sentences in ")
     assert "recomputing the prefix" in lines[3] and lines[4].startswith("beam 4, 4 sentences: ")
+
+
+def test_decode_benchmark_times_language_model_sampling_with_and_without_the_cache():
+    result = run("decode.py", "--config=experiments/lm_bible.py:smoke", "--count=2", "--new_tokens=8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    [line] = result.stdout.splitlines()
+    assert line.startswith("sampling 8 tokens after 2 prompts of 16: ") and "recomputing the sequence" in line
 
 
 def test_classifier_baselines_fit_the_classical_rows():

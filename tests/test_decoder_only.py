@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import cpu_devices, launch
+from conftest import cpu_devices, launch, run_benchmark
 from PIL import Image
 
 from ml_transformer import decode
@@ -249,3 +249,10 @@ def test_text_to_image_modes(tmp_path, tfds_dir):
     result = launch(*args, "--mode=attention", stdin="the digit 3\n")
     assert result.returncode == 0, result.stderr[-3000:]
     assert os.path.basename(result.stdout.split()[0]) == "0-layers_0-self_attention-head-mean.png"
+
+    result = run_benchmark("dalle_digits.py", *args[:1], *args[2:], f"--workdir={workdir}", "--samples=2",
+                           "--scales=1,3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("step 4; SVC on real test images: accuracy ")
+    assert [line.split(":")[0] for line in lines[1:]] == ["guidance scale 1", "guidance scale 3"]
