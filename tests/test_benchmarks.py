@@ -1,6 +1,8 @@
 """Every script in benchmarks/ runs here at a tiny size: a changed signature fails a test,
 not a user."""
 
+import re
+
 from conftest import run_benchmark as run, smoke_args
 
 
@@ -45,3 +47,15 @@ def test_the_pytorch_reference_says_where_it_runs_when_torch_is_missing():
     assert result.stderr.strip().splitlines() == [
         "error: torch is not installed; this reference runs in a separate venv with torch and transformers "
         "(see the docstring of benchmarks/pytorch_marian.py)"]
+
+
+def test_ngram_baseline_reports_bits_per_character_on_validation_and_test(tfds_dir):
+    result = run("ngram_lm.py", "--max_verses=200", "--orders=2,3", f"--data_dir={tfds_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if not line.startswith(("Downloading", "Dataset"))]
+    assert lines[0].startswith("en: train 200 verses") and "scored as <unk>" in lines[0]
+    assert lines[1].startswith("order 2: validation ") and lines[2].startswith("order 3: validation ")
+    assert lines[3].startswith("test, order ") and "character perplexity" in lines[3]
+    bpc = float(re.search(r": ([0-9.]+) bits per character", lines[3]).group(1))
+    assert 0.5 < bpc < 8
+    assert lines[4].startswith("wall time ")
