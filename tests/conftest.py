@@ -132,7 +132,7 @@ def single_example_predictions(config, args: list[str], lines: list[str]) -> lis
     """The classifier's (label, probability) for each line, each from a forward pass of
     that example alone, with the latest checkpoint of the run launched with `args`
     (`--workdir=` and `--config.KEY=VALUE` overrides of `config`)."""
-    from ml_transformer.main import make_task
+    from ml_transformer.tasks import make_task
     from ml_transformer.tasks.classification import probabilities
     from ml_transformer.train import loop, partitioning
 

@@ -32,11 +32,11 @@ import numpy as np
 import optax
 
 from ml_transformer import attention_maps
-from ml_transformer.registry import resolve
 from ml_transformer.models import vit
+from ml_transformer.registry import resolve
+from ml_transformer.tasks.base import Task, summed
 from ml_transformer.train import partitioning
 from ml_transformer.train.losses import summarize
-from ml_transformer.tasks.base import Task, summed
 from ml_transformer.train.steps import eval_step
 
 DATASETS = {
