@@ -15,6 +15,7 @@ from ml_transformer.data.pipeline import TrainBatches
 from ml_transformer.decode import beam_search
 from ml_transformer.models.seq2seq import Seq2Seq, Seq2SeqConfig
 from ml_transformer.nn.blocks import BlockConfig
+from ml_transformer.tasks.base import Task
 from ml_transformer.tasks.translation import seq2seq_loss, translate
 from ml_transformer.train import loop, partitioning
 from ml_transformer.train.losses import token_metrics
@@ -33,8 +34,8 @@ def toy_pairs(n=6, seed=0):
     return [with_eos(s) for s in sources], [with_eos(s[::-1]) for s in sources]
 
 
-class ReverseTask:
-    """The trainer's task protocol over a handful of fixed pairs, all in every batch."""
+class ReverseTask(Task):
+    """The trainer's task interface over a handful of fixed pairs, all in every batch."""
 
     unit = "tokens"
 
