@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from ml_transformer.data.builders import prepared
+from ml_transformer.data.pipeline import decode_text
 
 # Pair name -> (source, target) translation codes (`bbName` in the database).
 PAIRS: Mapping[str, tuple[str, str]] = {
@@ -169,5 +170,4 @@ def read_verses(language: str, split: str, data_dir: str | None = None) -> list[
         raise ValueError(f'Unknown split {split!r}; known: {", ".join(SPLITS)}.')
     pair, side = LANGUAGES[language]
     source = prepare(pair, data_dir).as_data_source(split=split)
-    return [text.decode('utf-8') if isinstance(text, bytes) else str(text)
-            for text in (source[i][side] for i in range(len(source)))]
+    return [decode_text(source[i][side]) for i in range(len(source))]
