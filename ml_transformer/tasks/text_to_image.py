@@ -47,12 +47,9 @@ class TextToImageTask(Task):
         self.eval_batch_size = partitioning.padded_rows(config.batch_size, self.batch_multiple)
         self._eval_step = jax.jit(functools.partial(eval_step, loss_fn=self.loss_fn))
         self._sample = jax.jit(functools.partial(sample_tokens, self.model, eos_id=dc.SEP_ID,
-                                                 max_new_tokens=dc.IMAGE_TOKENS + 1, allowed=self.pixels_only()),
+                                                 max_new_tokens=dc.IMAGE_TOKENS + 1,
+                                                 allowed=np.arange(dc.VOCAB_SIZE) >= dc.PIXEL_OFFSET),
                                static_argnames=("temperature", "top_k", "top_p", "cached"))
-
-    @staticmethod
-    def pixels_only() -> np.ndarray:
-        return np.arange(dc.VOCAB_SIZE) >= dc.PIXEL_OFFSET
 
     def init_params(self, rng):
         return self.model.init(rng, jnp.ones((self.batch_multiple, 8), jnp.int32))["params"]
