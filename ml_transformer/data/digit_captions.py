@@ -38,6 +38,7 @@ VOCAB_SIZE = PIXEL_OFFSET + PIXEL_LEVELS
 MAX_CAPTION_WORDS = 8
 IMAGE_TOKENS = 64
 SEQUENCE_LENGTH = MAX_CAPTION_WORDS + 2 + IMAGE_TOKENS  # BOS, words, SEP, pixels
+EMPTY_CAPTION = (BOS_ID, SEP_ID)  # the unconditional sequence's caption (classifier-free guidance)
 CAPTION_STREAM = 3  # the random stream of phrasings and caption dropout, apart from the epoch order's
 
 
@@ -126,7 +127,7 @@ class CaptionedDigits:
             phrasing = rng.integers(len(PHRASINGS), size=rows)
             dropped = rng.random(rows) < self.caption_dropout
             sequences = np.stack([
-                sequence([BOS_ID, SEP_ID] if drop else caption_ids(caption(labels[i], p)), pixels[i])
+                sequence(EMPTY_CAPTION if drop else caption_ids(caption(labels[i], p)), pixels[i])
                 for i, p, drop in zip(ids, phrasing, dropped)])
             return {k: partitioning.process_rows(v) for k, v in model_batch(sequences, np.ones(rows, bool)).items()}
 

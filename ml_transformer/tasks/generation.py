@@ -11,6 +11,7 @@ import numpy as np
 
 from ml_transformer import decode
 from ml_transformer.models.decoder_only import DecoderOnly
+from ml_transformer.train import partitioning
 
 PROMPT_LENGTH_MULTIPLE = 16  # prompt batches are padded to a multiple of this: few compiled shapes
 
@@ -64,7 +65,8 @@ def sample_tokens(model: DecoderOnly, params, prompts: jax.Array, rng: jax.Array
 
         def run(tokens, state):
             sequences, index = state
-            logits, sequences = model.apply(variables, tokens, sequences, index, method=DecoderOnly.decode_step_uncached)
+            logits, sequences = model.apply(variables, tokens, sequences, index,
+                                            method=DecoderOnly.decode_step_uncached)
             return logits, (sequences, index + 1)
 
     def step_fn(tokens, state):
@@ -86,3 +88,24 @@ def row_keys(seed: int, first: int, count: int) -> jax.Array:
     """The sampling keys of rows `first` … `first + count - 1` of a run's prompts: a row's
     samples depend on the seed and its place only, not on how rows are batched."""
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.key(seed), jnp.arange(first, first + count))
+
+
+def sample_in_batches(sample, params, prompts: Sequence[np.ndarray], mesh, *, batch_size: int, batch_multiple: int,
+                      seed: int, width: int | None = None, max_width: int | None = None,
+                      unconditional: np.ndarray | None = None, **settings) -> list[np.ndarray]:
+    """The output row (int32 `[max_new_tokens]`) of every prompt, in order: `sample` (a
+    jitted `sample_tokens` with its model bound) over batches of at most `batch_size`
+    prompts, left-padded (`left_padded`'s `width` and `max_width`), each process holding
+    its rows; `unconditional` (one prompt, e.g. the empty caption) serves every row for
+    guidance. Rows draw with `row_keys(seed, ...)`: the same seed, the same samples."""
+    rows = partitioning.padded_rows(min(len(prompts), batch_size), batch_multiple)
+    outputs = []
+    for start in range(0, len(prompts), rows):
+        chunk = prompts[start:start + rows]
+        batch = {"prompts": left_padded(chunk, rows, width, max_width)}
+        if unconditional is not None:
+            batch["unconditional"] = left_padded([unconditional] * rows, rows, batch["prompts"].shape[1])
+        batch = partitioning.to_global({k: partitioning.process_rows(v) for k, v in batch.items()}, mesh)
+        tokens = sample(params, batch.pop("prompts"), row_keys(seed, start, rows), **batch, **settings)
+        outputs.extend(partitioning.all_rows(tokens)[: len(chunk)])
+    return outputs

@@ -25,7 +25,7 @@ from ml_transformer.data.tokenizer import BOS_ID, cached_tokenizer
 from ml_transformer.models.decoder_only import DecoderOnly, DecoderOnlyConfig
 from ml_transformer.nn.blocks import BlockConfig
 from ml_transformer.tasks.base import Task, summed
-from ml_transformer.tasks.generation import left_padded, row_keys, sample_tokens
+from ml_transformer.tasks.generation import sample_in_batches, sample_tokens
 from ml_transformer.train import partitioning
 from ml_transformer.train.losses import summarize, token_metrics
 from ml_transformer.train.steps import eval_step
@@ -175,16 +175,12 @@ class LanguageModelTask(Task):
         order (prompt i's are rows i * num_samples ...); the same `decode.seed` gives the
         same samples, however many devices share the batch."""
         d = self.config.decode
-        repeated = [p for p in prompts for _ in range(d.num_samples)]
-        rows = partitioning.padded_rows(min(len(repeated), self.eval_batch_size), self.batch_multiple)
-        outputs = []
-        for start in range(0, len(repeated), rows):
-            chunk = repeated[start:start + rows]
-            batch = partitioning.to_global({"prompts": partitioning.process_rows(left_padded(chunk, rows, max_width=self.max_prompt_tokens))}, self.mesh)
-            tokens = self._sample(params, batch["prompts"], row_keys(d.seed, start, rows), max_new_tokens=d.max_new_tokens,
-                                  temperature=d.temperature, top_k=d.top_k, top_p=d.top_p, cached=cached)
-            outputs += [row[: np.count_nonzero(row)] for row in partitioning.all_rows(tokens)[: len(chunk)]]
-        return outputs
+        outputs = sample_in_batches(
+            self._sample, params, [p for p in prompts for _ in range(d.num_samples)], self.mesh,
+            batch_size=self.eval_batch_size, batch_multiple=self.batch_multiple, seed=d.seed,
+            max_width=self.max_prompt_tokens, max_new_tokens=d.max_new_tokens, temperature=d.temperature,
+            top_k=d.top_k, top_p=d.top_p, cached=cached)
+        return [row[: np.count_nonzero(row)] for row in outputs]
 
     def continuations(self, params, lines: list[str], numbers) -> list[str]:
         """For each line, its sampled continuations, tab-separated."""

@@ -22,7 +22,7 @@ import numpy as np
 from ml_transformer.data import digit_captions as dc
 from ml_transformer.image_grid import write_grid
 from ml_transformer.tasks.base import Task, summed
-from ml_transformer.tasks.generation import left_padded, row_keys, sample_tokens
+from ml_transformer.tasks.generation import sample_in_batches, sample_tokens
 from ml_transformer.tasks.language_model import decoder_only, draw_self_attention, next_token_loss
 from ml_transformer.train import partitioning
 from ml_transformer.train.losses import summarize
@@ -84,18 +84,12 @@ class TextToImageTask(Task):
         scale = d.guidance_scale if guidance_scale is None else guidance_scale
         count = num_samples or d.num_samples
         prompts = [np.asarray(dc.caption_ids(c), np.int32) for c in captions for _ in range(count)]
-        rows = partitioning.padded_rows(min(len(prompts), self.eval_batch_size), self.batch_multiple)
-        empty = left_padded([np.array([dc.BOS_ID, dc.SEP_ID], np.int32)] * rows, rows, PROMPT_WIDTH)
-        tokens = []
-        for start in range(0, len(prompts), rows):
-            chunk = prompts[start:start + rows]
-            batch = {"prompts": left_padded(chunk, rows, PROMPT_WIDTH), "unconditional": empty}
-            batch = partitioning.to_global({k: partitioning.process_rows(v) for k, v in batch.items()}, self.mesh)
-            guided = {} if scale == 1 else {"unconditional": batch["unconditional"], "guidance_scale": jnp.float32(scale)}
-            out = self._sample(params, batch["prompts"], row_keys(d.seed, start, rows),
-                               temperature=d.temperature, top_k=d.top_k, top_p=d.top_p, cached=cached, **guided)
-            tokens.append(partitioning.all_rows(out)[: len(chunk), : dc.IMAGE_TOKENS])
-        images = np.stack([dc.image_from_tokens(t) for t in np.concatenate(tokens)])
+        guided = {} if scale == 1 else {"unconditional": np.array(dc.EMPTY_CAPTION, np.int32),
+                                        "guidance_scale": jnp.float32(scale)}
+        tokens = sample_in_batches(self._sample, params, prompts, self.mesh, batch_size=self.eval_batch_size,
+                                   batch_multiple=self.batch_multiple, seed=d.seed, width=PROMPT_WIDTH,
+                                   temperature=d.temperature, top_k=d.top_k, top_p=d.top_p, cached=cached, **guided)
+        images = np.stack([dc.image_from_tokens(t[: dc.IMAGE_TOKENS]) for t in tokens])
         return images.reshape(len(captions), count, *images.shape[1:])
 
     def predict(self, params, lines: list[str], numbers: list[int]) -> list[str]:

@@ -173,8 +173,8 @@ class TranslationTask(Task):
             inputs, inputs, batch_size=self.eval_batch_size, batch_multiple=self.batch_multiple
         )
         for batch in batches:
-            tokens = self._translate(params, self._global(batch)["inputs"], alpha=jnp.float32(alpha), beam_size=beam_size,
-                                     cached=cached)
+            tokens = self._translate(params, self._global(batch)["inputs"], alpha=jnp.float32(alpha),
+                                     beam_size=beam_size, cached=cached)
             for i, row in zip(partitioning.all_rows(batch["index"]), partitioning.all_rows(tokens)):
                 if i >= 0:
                     outputs[i] = row[: np.count_nonzero(row)]
