@@ -16,9 +16,10 @@ from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file, optionally with :ARG.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run folder: config, metrics, checkpoints, TensorBoard, eval results.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "attention", "sweep"], "What to do.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "attention", "export", "sweep"], "What to do.")
 flags.DEFINE_string("checkpoint", "latest", "Checkpoint to restore: latest, best, avg:N (mean of the last N), "
-                    "a step number, or (eval mode) all.")
+                    "a step number, hf:PATH (a Hugging Face checkpoint folder), or (eval mode) all.")
+flags.DEFINE_string("output", None, "Export mode: the folder to write the Hugging Face checkpoint into.")
 flags.DEFINE_string("split", "test", "Split to evaluate in eval mode.")
 flags.DEFINE_string("input", None, "Predict/attention modes: file with one input per line (default: stdin).")
 flags.DEFINE_integer("layer", -1, "Attention mode: layer to draw (negative counts from the last).")
@@ -98,7 +99,8 @@ def run(runner):
 
     try:
         runner.run(FLAGS.config, FLAGS.workdir, FLAGS.mode, checkpoint=FLAGS.checkpoint, split=FLAGS.split,
-                   input_path=FLAGS.input, layer=FLAGS.layer, head=FLAGS.head, profile_steps=FLAGS.profile_steps)
+                   input_path=FLAGS.input, layer=FLAGS.layer, head=FLAGS.head, profile_steps=FLAGS.profile_steps,
+                   output=FLAGS.output)
     except runner.loop.Preempted as e:
         logging.warning("%s", e)
     except (ValueError, runner.loop.NonFiniteLoss, CheckpointError) as e:

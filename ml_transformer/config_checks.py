@@ -63,3 +63,9 @@ def _leaves(config, prefix: str = ""):
             yield from _leaves(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}", value
+
+
+def set_fields(section, *names: str) -> dict:
+    """The fields among `names` that a config section (e.g. `config.model`) sets: the
+    switches that older config files lack keep their defaults."""
+    return {name: section[name] for name in names if name in section}

@@ -13,20 +13,31 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ml_transformer import config_checks, evaluate, workdir as workdirs
+from ml_transformer import config_checks, evaluate, interop, workdir as workdirs
 from ml_transformer.tasks import make_task
 from ml_transformer.train import loop, partitioning
 
-MODES = ("train", "eval", "predict", "attention")
+MODES = ("train", "eval", "predict", "attention", "export")
 
 
 def run(config, workdir: str, mode: str = "train", *, checkpoint: str = "latest", split: str = "test",
-        input_path: str | None = None, layer: int = -1, head: int = -1, profile_steps: str = "") -> None:
+        input_path: str | None = None, layer: int = -1, head: int = -1, profile_steps: str = "",
+        output: str | None = None) -> None:
     if mode not in MODES:
         raise ValueError(f"--mode={mode}: not one of {', '.join(MODES)}")
     if mode == "attention" and jax.process_count() > 1:
         raise ValueError(f"--mode=attention: runs in one process (this run has {jax.process_count()})")
+    if mode == "export" and not output:
+        raise ValueError("--mode=export: give the folder to write with --output=DIR")
+    if mode == "train" and interop.hf_path(checkpoint):
+        raise ValueError(f"--checkpoint={checkpoint}: to train from it, use --config.init_from={checkpoint}")
     config_checks.validate(config)
+    init_from = config.get("init_from")
+    if init_from and not interop.hf_path(init_from):
+        raise ValueError(f"config.init_from={init_from!r}: expected hf:PATH (a Hugging Face checkpoint folder)")
+    pretrained = interop.hf_path(checkpoint) or interop.hf_path(init_from)
+    if pretrained:
+        interop.apply_to_config(config, interop.open_checkpoint(pretrained))
     profile = _step_range(profile_steps)
     inputs = read_inputs(input_path) if mode in ("predict", "attention") else None
     mesh = partitioning.mesh_from_config(config)
@@ -49,6 +60,11 @@ def run(config, workdir: str, mode: str = "train", *, checkpoint: str = "latest"
                 print(f"\n{pathlib.Path(path).read_text(encoding='utf-8')}\nwrote {path}")
         elif mode == "eval":
             report(task, loop.restore_params(task, config, workdir, mesh, checkpoint), workdir, split)
+        elif mode == "export":
+            restored = loop.restore_params(task, config, workdir, mesh, checkpoint)
+            if lead:
+                interop.export(config, restored.params, workdir, output)
+                print(f"wrote {output}")
         elif mode == "predict":
             restored = loop.restore_params(task, config, workdir, mesh, checkpoint)
             task.choose_decoding(restored.params, restored.name, workdir)

@@ -36,6 +36,7 @@ def run(task: str, *, total_steps: int, batch_size: int, best_metric: str, log_e
     c.best_metric = best_metric  # validation metric that picks --checkpoint=best
     c.final_split = "test"  # evaluated in full when training ends
     c.micro_batches = 1  # gradient accumulation: each batch in this many slices, one at a time
+    c.init_from = ""  # 'hf:PATH': start from a Hugging Face checkpoint's weights, architecture and tokenizer
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # devices along the data-parallel axis; -1 = all remaining
     c.mesh.fsdp = 1  # devices that parameters and optimizer state are sharded over

@@ -177,3 +177,19 @@ def assert_predictions_in_order(stdout_lines: list[str], expected: list[tuple[st
     assert [label for label, _ in got] == [label for label, _ in expected]
     np.testing.assert_allclose([p for _, p in got], [p for _, p in expected], atol=2e-4)
     assert all(_apart(a, b) for i, a in enumerate(expected) for b in expected[i + 1:])
+
+
+HF_FIXTURES = os.path.join(ROOT, "tests", "hf_fixtures")  # tiny transformers checkpoints and their outputs
+
+
+def changed_hf_fixture(tmp_path, name: str, change_config=None, change_tensors=None) -> str:
+    """A copy in `tmp_path` of the checkpoint fixture `name`, its config.json dict and
+    tensors dict changed in place by the given functions."""
+    from ml_transformer.interop import folder
+
+    path = os.path.join(HF_FIXTURES, name)
+    config, found = folder.read_config(path), folder.read_tensors(path)
+    (change_config or (lambda c: None))(config)
+    (change_tensors or (lambda t: None))(found)
+    folder.write(str(tmp_path), config, found)
+    return str(tmp_path)

@@ -149,7 +149,7 @@ def test_bits_per_character_is_the_summed_nll_in_bits_over_the_characters():
     nll = -sum(math.log(p) for p in probabilities.values())
     assert bits_per_character(nll, characters=5) == pytest.approx((1 + 2 + 1 + 3 + 0) / 5)
     ids = {"a": 4, "b": 5, "c": 6, "EOS": 3}
-    batch = lm_batch({"targets": np.array([[4, 5, 3], [6, 3, 0]]), "index": np.array([0, 1])},
+    batch = lm_batch({"targets": np.array([[4, 5, 3], [6, 3, 0]]), "index": np.array([0, 1])}, 2,
                      characters=np.array([3.0, 2.0]))
     np.testing.assert_array_equal(batch["inputs"], [[2, 4, 5], [2, 6, 0]])
     # A "model" whose logits are those log-probabilities at each position gives the same sum.

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
+from ml_transformer import interop
 from ml_transformer.data import bible
 from ml_transformer.data.pipeline import TrainBatches, decode_text
 from ml_transformer.data.tokenizer import Tokenizer, cached_tokenizer
@@ -105,8 +106,9 @@ class TextClassification:
         """(ids `[N, max_len]` padded with 0, lengths `[N]`) of cleaned texts."""
         ids = np.zeros((len(texts), self.max_len), np.int32)
         lengths = np.zeros(len(texts), np.int64)
+        ours = isinstance(self.tokenizer, Tokenizer)  # a pretrained one's special tokens are the model's inputs
         for row, pieces in enumerate(self.tokenizer.encode_batch(texts)):
-            pieces = pieces[:-1][: self.max_len]  # Without the EOS.
+            pieces = (pieces[:-1] if ours else pieces)[: self.max_len]  # our EOS is not read
             ids[row, : len(pieces)] = pieces
             lengths[row] = len(pieces)
         return ids, lengths
@@ -160,7 +162,8 @@ def bible_testament(config, workdir: str) -> TextClassification:
     builder = bible.prepare(BIBLE_PAIR, d.data_dir or None)
     read = bible_testament_reader(builder)
     cache = os.path.join(os.fspath(builder.data_dir), f"spm-source-{d.vocab_size}.model")
-    tokenizer = cached_tokenizer(cache, workdir, d.vocab_size, lambda: read("train")[0])
+    tokenizer = interop.pretrained_tokenizer(config) or cached_tokenizer(cache, workdir, d.vocab_size,
+                                                                         lambda: read("train")[0])
     return TextClassification(read, tokenizer, ["old", "new"], max_len=d.max_len, batch_tokens=d.batch_tokens)
 
 
@@ -170,6 +173,7 @@ def imdb_reviews(config, workdir: str) -> TextClassification:
     data_dir = d.data_dir or tfds.core.constants.DATA_DIR
     read = imdb_reviews_reader(data_dir)
     cache = os.path.join(data_dir, "imdb_reviews", f"spm-{d.vocab_size}.model")
-    tokenizer = cached_tokenizer(cache, workdir, d.vocab_size, lambda: read("train")[0])
+    tokenizer = interop.pretrained_tokenizer(config) or cached_tokenizer(cache, workdir, d.vocab_size,
+                                                                         lambda: read("train")[0])
     return TextClassification(read, tokenizer, ["neg", "pos"], max_len=d.max_len, batch_tokens=d.batch_tokens,
                               clean=lambda line: clean_review(line).strip())

@@ -31,6 +31,7 @@ class DecoderOnlyConfig:
     num_layers: int = 6
     max_len: int = 512
     position: str = "learned"  # or "sinusoidal"
+    scale_embeddings: bool = True  # token embeddings times √d_model (GPT-2: False)
 
 
 def positions(valid: Array) -> Array:
@@ -45,11 +46,12 @@ class DecoderOnly(nn.Module):
 
     def setup(self):
         c, b = self.config, self.config.block
-        self.embedding = TokenEmbedding(c.vocab_size, b.d_model, dtype=b.dtype, param_dtype=b.param_dtype)
+        self.embedding = TokenEmbedding(c.vocab_size, b.d_model, dtype=b.dtype, param_dtype=b.param_dtype,
+                                        scale=c.scale_embeddings)
         self.position = PositionEncoding(c.position, c.max_len, param_dtype=b.param_dtype)
         self.dropout = nn.Dropout(b.dropout_rate)
         self.layers = [DecoderBlock(b, cross=False) for _ in range(c.num_layers)]
-        self.final_norm = nn.LayerNorm(dtype=b.dtype, param_dtype=b.param_dtype) if b.pre_ln else None
+        self.final_norm = b.layer_norm() if b.pre_ln else None
 
     def __call__(self, tokens: Array, *, train: bool = False) -> Array:
         self._check_length(tokens.shape[1])

@@ -24,10 +24,12 @@ class Seq2SeqConfig:
     num_encoder_layers: int = 6
     num_decoder_layers: int = 6
     max_len: int = 512
-    position: str = "sinusoidal"
+    position: str = "sinusoidal"  # or "sinusoidal_halves" (Marian's table), "learned"
     share_embeddings: bool = True
     tie_output: bool = True
     bos_id: int = 2
+    scale_embeddings: bool = True  # token embeddings times √d_model
+    final_logits_bias: bool = False  # a learned bias added to the logits (Marian)
 
 
 def shift_right(targets: Array, bos_id: int) -> Array:
@@ -43,7 +45,7 @@ class Decoder(nn.Module):
     def setup(self):
         b = self.config.block
         self.layers = [DecoderBlock(b) for _ in range(self.config.num_decoder_layers)]
-        self.final_norm = nn.LayerNorm(dtype=b.dtype, param_dtype=b.param_dtype) if b.pre_ln else None
+        self.final_norm = b.layer_norm() if b.pre_ln else None
 
     def __call__(self, x, memory, self_mask, cross_mask, *, train: bool, cache: list | None = None):
         new_cache = []
@@ -76,7 +78,8 @@ class Seq2Seq(nn.Module):
 
     def setup(self):
         c, b = self.config, self.config.block
-        embed = lambda: TokenEmbedding(c.vocab_size, b.d_model, dtype=b.dtype, param_dtype=b.param_dtype)  # noqa: E731
+        embed = lambda: TokenEmbedding(c.vocab_size, b.d_model, dtype=b.dtype, param_dtype=b.param_dtype,  # noqa: E731
+                                       scale=c.scale_embeddings)
         self.source_embedding = embed()
         self.target_embedding = self.source_embedding if c.share_embeddings else embed()
         self.source_position = PositionEncoding(c.position, c.max_len, param_dtype=b.param_dtype)
@@ -86,6 +89,8 @@ class Seq2Seq(nn.Module):
         self.decoder = Decoder(c)
         if not c.tie_output:
             self.output = nn.Dense(c.vocab_size, dtype=b.dtype, param_dtype=b.param_dtype)
+        if c.final_logits_bias:
+            self.logits_bias = self.param("final_logits_bias", nn.initializers.zeros, (c.vocab_size,), b.param_dtype)
 
     def encode(self, inputs: Array, *, train: bool = False) -> Array:
         """Source tokens `[B, Ls]` → encoder outputs `[B, Ls, d]`."""
@@ -151,9 +156,10 @@ class Seq2Seq(nn.Module):
         return jax.lax.dynamic_index_in_dim(logits, index, axis=1, keepdims=False), {"tokens": seen, "index": index + 1}
 
     def _logits(self, x: Array) -> Array:
-        if self.config.tie_output:
-            return self.target_embedding.attend(x).astype(jnp.float32)
-        return self.output(x).astype(jnp.float32)
+        logits = self.target_embedding.attend(x) if self.config.tie_output else self.output(x)
+        if self.config.final_logits_bias:
+            logits = logits + self.logits_bias.astype(logits.dtype)
+        return logits.astype(jnp.float32)
 
     def _check_length(self, length: int) -> None:
         if length > self.config.max_len:

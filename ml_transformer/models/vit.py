@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ml_transformer.config_checks import set_fields
 from ml_transformer.nn.blocks import BlockConfig, Encoder
 from ml_transformer.nn.embeddings import PatchEmbedding
 from ml_transformer.train.checkpoints import fit_params
@@ -60,6 +61,8 @@ class ViT(nn.Module):
     attention_dropout_rate: float = 0.0
     pool: str = "token"
     image_size: int = 0
+    activation: str = "gelu"  # tanh-approximated GELU; "gelu_exact" as in Hugging Face's ViT
+    layer_norm_epsilon: float = 1e-6
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     attention_impl: str | None = None
@@ -89,7 +92,8 @@ class ViT(nn.Module):
             dropout_rate=self.dropout_rate,
             attention_dropout_rate=self.attention_dropout_rate,
             pre_ln=True,
-            activation="gelu",
+            activation=self.activation,
+            layer_norm_epsilon=self.layer_norm_epsilon,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             attention_impl=self.attention_impl,
@@ -119,6 +123,7 @@ def from_config(model_config, num_classes: int) -> ViT:
         attention_dropout_rate=m.attention_dropout_rate,
         pool=m.pool,
         image_size=m.image_size,
+        **set_fields(m, "activation", "layer_norm_epsilon"),
         dtype=jnp.dtype(m.dtype),
         attention_impl=m.attention_impl or None,
     )

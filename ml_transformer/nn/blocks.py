@@ -8,15 +8,26 @@ LayerNorm: post-LN as in the paper, `x = LN(x + Dropout(F(x)))`, or pre-LN,
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ml_transformer.config_checks import set_fields
 from ml_transformer.nn.attention import MultiHeadAttention
 
 Array = jax.Array
+
+# Feed-forward activations by config name. "gelu" is the tanh approximation (GPT-2's
+# "gelu_new"), "gelu_exact" the erf form (BERT's and ViT's "gelu"), "silu" Marian's "swish".
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "relu": jax.nn.relu,
+    "gelu": jax.nn.gelu,
+    "gelu_exact": functools.partial(jax.nn.gelu, approximate=False),
+    "silu": jax.nn.silu,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +40,8 @@ class BlockConfig:
     dropout_rate: float = 0.1
     attention_dropout_rate: float = 0.0
     pre_ln: bool = False
-    activation: str = "relu"
+    activation: str = "relu"  # a key of ACTIVATIONS
+    layer_norm_epsilon: float = 1e-6
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     attention_impl: str | None = None
@@ -38,14 +50,25 @@ class BlockConfig:
     def from_model_config(cls, model_config, **overrides) -> "BlockConfig":
         """The block settings of an experiment's `config.model` (fields `d_model`,
         `num_heads`, `d_ff`, `dropout_rate`, `pre_ln`, `dtype`, `attention_impl` and, where
-        present, `attention_dropout_rate`); `overrides` replace any of them."""
+        present, `attention_dropout_rate`, `activation`, `layer_norm_epsilon`); `overrides`
+        replace any of them."""
         m = model_config
         fields = dict(
             d_model=m.d_model, num_heads=m.num_heads, d_ff=m.d_ff, dropout_rate=m.dropout_rate,
             attention_dropout_rate=m.get("attention_dropout_rate", 0.0), pre_ln=m.pre_ln,
             dtype=jnp.dtype(m.dtype), attention_impl=m.attention_impl or None,
+            **set_fields(m, "activation", "layer_norm_epsilon"),
         )
         return cls(**{**fields, **overrides})
+
+    def __post_init__(self):
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation={self.activation!r}: one of {', '.join(ACTIVATIONS)}")
+
+    def layer_norm(self, name: str | None = None) -> nn.LayerNorm:
+        """A LayerNorm with these settings' epsilon and dtypes."""
+        return nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
+                            name=name)
 
 
 class FeedForward(nn.Module):
@@ -56,7 +79,7 @@ class FeedForward(nn.Module):
     @nn.compact
     def __call__(self, x: Array, *, train: bool) -> Array:
         c = self.config
-        activation: Callable = getattr(jax.nn, c.activation)
+        activation = ACTIVATIONS[c.activation]
         dense = lambda features: nn.Dense(  # noqa: E731
             features, dtype=c.dtype, param_dtype=c.param_dtype, kernel_init=nn.initializers.xavier_uniform()
         )
@@ -73,7 +96,7 @@ class Residual(nn.Module):
     @nn.compact
     def __call__(self, x: Array, sublayer: Callable[[Array], Array], *, train: bool) -> Array:
         c = self.config
-        norm = nn.LayerNorm(dtype=c.dtype, param_dtype=c.param_dtype)
+        norm = c.layer_norm()
         drop = nn.Dropout(c.dropout_rate)
         if c.pre_ln:
             return x + drop(sublayer(norm(x)), deterministic=not train)
@@ -172,5 +195,5 @@ class Encoder(nn.Module):
         for i in range(self.num_layers):
             x = EncoderBlock(self.config, name=f"layers_{i}")(x, mask, train=train)
         if self.config.pre_ln:
-            x = nn.LayerNorm(dtype=self.config.dtype, param_dtype=self.config.param_dtype, name="final_norm")(x)
+            x = self.config.layer_norm("final_norm")(x)
         return x

@@ -12,27 +12,34 @@ import numpy as np
 Array = jax.Array
 
 
-def sinusoidal_encoding(length: int, d_model: int) -> np.ndarray:
+def sinusoidal_encoding(length: int, d_model: int, halves: bool = False) -> np.ndarray:
     """The paper's §3.5 table `[length, d_model]`:
-    PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d_model)).
+    PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d_model));
+    with `halves`, the same sines in the first half of the features and the cosines in the
+    second (Marian's and Pegasus's layout).
     """
     if d_model % 2:
         raise ValueError(f"sinusoidal encoding needs an even d_model, got {d_model}")
     position = np.arange(length, dtype=np.float64)[:, None]
     rates = 1.0 / np.power(10000.0, np.arange(0, d_model, 2, dtype=np.float64) / d_model)
+    sines, cosines = np.sin(position * rates), np.cos(position * rates)
+    if halves:
+        return np.concatenate([sines, cosines], axis=1).astype(np.float32)
     table = np.zeros((length, d_model), dtype=np.float64)
-    table[:, 0::2] = np.sin(position * rates)
-    table[:, 1::2] = np.cos(position * rates)
+    table[:, 0::2] = sines
+    table[:, 1::2] = cosines
     return table.astype(np.float32)
 
 
 class TokenEmbedding(nn.Module):
-    """Token lookup scaled by √d_model (paper §3.4); `attend` reuses it as output projection."""
+    """Token lookup scaled by √d_model (paper §3.4; unscaled with `scale=False`, as in BERT
+    and GPT-2); `attend` reuses it as output projection."""
 
     vocab_size: int
     features: int
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    scale: bool = True
 
     def setup(self):
         self.embedding = self.param(
@@ -44,7 +51,7 @@ class TokenEmbedding(nn.Module):
 
     def __call__(self, tokens: Array) -> Array:
         embedded = jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
-        return embedded * jnp.sqrt(self.features).astype(self.dtype)
+        return embedded * jnp.sqrt(self.features).astype(self.dtype) if self.scale else embedded
 
     def attend(self, x: Array) -> Array:
         """Logits `x · Eᵀ` against every token embedding."""
@@ -52,7 +59,8 @@ class TokenEmbedding(nn.Module):
 
 
 class PositionEncoding(nn.Module):
-    """Adds a position signal to `[B, L, d]` inputs: 'sinusoidal', 'learned' or 'none'.
+    """Adds a position signal to `[B, L, d]` inputs: 'sinusoidal', 'sinusoidal_halves' (the
+    same table with sines and cosines in two halves), 'learned' or 'none'.
 
     `positions` (int, `[B, L]` or a scalar offset) defaults to 0..L-1; cached decoding
     passes the current step.
@@ -67,14 +75,14 @@ class PositionEncoding(nn.Module):
         if self.kind == "none":
             return x
         length, d_model = x.shape[-2:]
-        if self.kind == "sinusoidal":
-            table = jnp.asarray(sinusoidal_encoding(self.max_len, d_model))
+        if self.kind in ("sinusoidal", "sinusoidal_halves"):
+            table = jnp.asarray(sinusoidal_encoding(self.max_len, d_model, halves=self.kind == "sinusoidal_halves"))
         elif self.kind == "learned":
             table = self.param(
                 "embedding", nn.initializers.normal(stddev=0.02), (self.max_len, d_model), self.param_dtype
             )
         else:
-            raise ValueError(f"unknown position encoding {self.kind!r} (sinusoidal, learned, none)")
+            raise ValueError(f"unknown position encoding {self.kind!r} (sinusoidal, sinusoidal_halves, learned, none)")
         if positions is None:
             positions = jnp.arange(length)
         elif jnp.ndim(positions) == 0:

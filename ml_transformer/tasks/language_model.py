@@ -19,9 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from ml_transformer import interop
+from ml_transformer.config_checks import set_fields
 from ml_transformer import attention_maps
 from ml_transformer.data import bible, pipeline
-from ml_transformer.data.tokenizer import BOS_ID, cached_tokenizer
+from ml_transformer.data.tokenizer import cached_tokenizer
 from ml_transformer.models.decoder_only import DecoderOnly, DecoderOnlyConfig
 from ml_transformer.nn.blocks import BlockConfig
 from ml_transformer.tasks.base import Task, summed
@@ -35,7 +37,8 @@ def decoder_only(config, vocab_size: int) -> DecoderOnly:
     """The model of `config.model` over `vocab_size` tokens."""
     m = config.model
     return DecoderOnly(DecoderOnlyConfig(vocab_size=vocab_size, block=BlockConfig.from_model_config(m),
-                                         num_layers=m.num_layers, max_len=m.max_len, position=m.position))
+                                         num_layers=m.num_layers, max_len=m.max_len, position=m.position,
+                                         **set_fields(m, "scale_embeddings")))
 
 
 def next_token_loss(model: DecoderOnly, smoothing: float, params, batch: dict, rng, train: bool):
@@ -55,11 +58,11 @@ def bits_per_character(nll_sum: float, characters: float) -> float:
     return nll_sum / math.log(2) / max(characters, 1.0)
 
 
-def lm_batch(batch: dict, characters: np.ndarray | None = None) -> dict:
-    """A `pipeline` batch of verse ids (`targets`) → model `inputs` (BOS, then the ids
+def lm_batch(batch: dict, bos_id: int, characters: np.ndarray | None = None) -> dict:
+    """A `pipeline` batch of verse ids (`targets`) → model `inputs` (`bos_id`, then the ids
     shifted right) and `labels`; with `characters` per verse, each row's count."""
     labels = batch["targets"]
-    inputs = np.concatenate([np.full_like(labels[:, :1], BOS_ID), labels[:, :-1]], axis=1)
+    inputs = np.concatenate([np.full_like(labels[:, :1], bos_id), labels[:, :-1]], axis=1)
     inputs[labels == 0] = 0
     out = {"inputs": inputs, "labels": labels}
     if characters is not None:
@@ -90,8 +93,8 @@ class LanguageModelTask(Task):
             raise ValueError(f"config.data.language={d.language!r}: not one of {', '.join(bible.LANGUAGES)}")
         builder = bible.prepare(pair, d.data_dir or None)
         cache = os.path.join(os.fspath(builder.data_dir), f"spm-{d.language}-{d.vocab_size}.model")
-        self.tokenizer = cached_tokenizer(cache, workdir, d.vocab_size, lambda: self.verses("train"),
-                                          bible.CHARACTER_COVERAGE[pair])
+        self.tokenizer = interop.pretrained_tokenizer(config) or cached_tokenizer(
+            cache, workdir, d.vocab_size, lambda: self.verses("train"), bible.CHARACTER_COVERAGE[pair])
         self.model = decoder_only(config, self.tokenizer.vocab_size)
         self.batch_multiple = partitioning.row_multiple(mesh, config.micro_batches)
         self.eval_batch_size = partitioning.padded_rows(config.batch_size, self.batch_multiple)
@@ -115,10 +118,16 @@ class LanguageModelTask(Task):
     def verses(self, split: str) -> list[str]:
         return bible.read_verses(self.config.data.language, split, self.config.data.data_dir or None)
 
+    def _ids(self, texts: list[str]) -> list[list[int]]:
+        """Ids of each text, ending with EOS; without the BOS that a pretrained tokenizer's
+        template may put first, as the model's inputs add their own."""
+        bos = self.tokenizer.bos_id
+        return [ids[1:] if ids[:1] == [bos] else ids for ids in self.tokenizer.encode_batch(texts)]
+
     @functools.cache
     def encoded(self, split: str) -> list[np.ndarray]:
         """Ids of each verse of a split, ending with EOS."""
-        return pipeline.encode_texts(self.verses(split), self.tokenizer)
+        return [np.asarray(ids, np.int32) for ids in self._ids(self.verses(split))]
 
     @functools.cache
     def train_batches(self):
@@ -127,7 +136,7 @@ class LanguageModelTask(Task):
                                         batch_tokens=d.batch_tokens, batch_multiple=self.batch_multiple)
         logging.info("Training data: %d verses, %d dropped as longer than %d tokens; %d batches per epoch",
                      len(ids), batches.num_dropped, d.max_len, batches.batches_per_epoch)
-        return batches.map(lm_batch)
+        return batches.map(functools.partial(lm_batch, bos_id=self.tokenizer.bos_id))
 
     def eval_batches(self, split: str):
         """Every verse of a split once, with its character count."""
@@ -138,7 +147,7 @@ class LanguageModelTask(Task):
                              f"{longest} tokens")
         characters = np.array([len(v) + 1 for v in self.verses(split)], np.float32)
         batches = pipeline.eval_batches(ids, ids, batch_size=self.eval_batch_size, batch_multiple=self.batch_multiple)
-        return batches.map(functools.partial(lm_batch, characters=characters))
+        return batches.map(functools.partial(lm_batch, bos_id=self.tokenizer.bos_id, characters=characters))
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, params, split: str, step: int, *, full: bool = False):
@@ -159,8 +168,8 @@ class LanguageModelTask(Task):
         """BOS and the pieces of each line; a line too long to leave room for
         `decode.max_new_tokens` keeps its last pieces (with a warning naming the line)."""
         prompts = []
-        for number, ids in zip(numbers, self.tokenizer.encode_batch(lines)):
-            ids = [BOS_ID] + ids[:-1]
+        for number, ids in zip(numbers, self._ids(lines)):
+            ids = [self.tokenizer.bos_id] + ids[:-1]
             if len(ids) > self.max_prompt_tokens:
                 logging.warning("input line %d: %d tokens, more than the %d a prompt may have (config.model.max_len=%d "
                                 "less config.decode.max_new_tokens=%d); continuing its last %d", number, len(ids),

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from ml_transformer.config_checks import set_fields
 from ml_transformer import attention_maps, decode, evaluate
 from ml_transformer.data import bible, pipeline
 from ml_transformer.data.tokenizer import Tokenizer, cached_tokenizer
@@ -34,6 +35,7 @@ def model_config(config, vocab_size: int, bos_id: int) -> Seq2SeqConfig:
         share_embeddings=m.share_embeddings,
         tie_output=m.tie_output,
         bos_id=bos_id,
+        **set_fields(m, "scale_embeddings", "final_logits_bias"),
     )
 
 
@@ -73,7 +75,8 @@ def translate(model: Seq2Seq, params, inputs, *, beam_size: int, alpha: float, e
               eos_id: int, min_len: int = 1, penalty: str = "gnmt", cached: bool = True):
     """Output tokens `[B, len(inputs[0]) + extra_len]` for source tokens `[B, Ls]`: greedy
     when `beam_size` is 1, else the best beam of beam search with length penalty `penalty`
-    and `alpha`; at most source length + `extra_len` tokens, at least `min_len` before EOS.
+    and `alpha`; at most source length + `extra_len` tokens, at least `min_len` before EOS,
+    never padding (0; transformers' OPUS-MT models ban it likewise).
     `cached=False` recomputes the decoder over the whole prefix at every step (benchmarks)."""
     max_len = inputs.shape[1] + extra_len
     variables = {"params": params}
@@ -82,7 +85,11 @@ def translate(model: Seq2Seq, params, inputs, *, beam_size: int, alpha: float, e
     memory, cache = model.apply(variables, inputs, max_len, method=start)
     # The memory is a constant of the step function: beams never reorder it.
     memory = decode.expand_to_beams(memory, beam_size)
-    step_fn = functools.partial(model.apply, variables, memory=memory, method=step)
+
+    def step_fn(tokens, state):  # padding is never an output token (outputs hold it after EOS only)
+        logits, state = model.apply(variables, tokens, state, memory=memory, method=step)
+        return logits.at[:, decode.PAD_ID].set(-jnp.inf), state
+
     kwargs = dict(batch_size=inputs.shape[0], max_len=max_len, min_len=min_len, bos_id=bos_id, eos_id=eos_id,
                   max_lens=jnp.sum(inputs > 0, axis=1) + extra_len)
     if beam_size == 1:

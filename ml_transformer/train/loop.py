@@ -18,6 +18,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from ml_transformer import interop
 from ml_transformer.train import partitioning, throughput
 from ml_transformer.train.checkpoints import BEST, BestCheckpoint, Checkpoints, fit_params
 from ml_transformer.train.losses import summarize
@@ -96,8 +97,13 @@ def restore_params(task, config, workdir: str, mesh, which: str = "latest") -> R
     a step, 'best' (best on `config.best_metric` at an evaluation) or 'avg:N' (the mean of
     the last N checkpoints' parameters). Parameters saved with other shapes are fitted by
     the task's `resize_param` (e.g. ViT position embeddings at another image resolution);
-    ValueError if they cannot be."""
+    ValueError if they cannot be. 'hf:PATH' reads a Hugging Face checkpoint folder, which
+    must hold every parameter."""
     _, _, abstract, _ = build_state(task, config, mesh)
+    pretrained = interop.hf_path(which)
+    if pretrained:
+        name = "hf-" + os.path.basename(os.path.normpath(pretrained))  # names its result files
+        return Restored(0, _pretrained(pretrained, abstract.params, None), name)
     resize = task.resize_param
     if which == BEST:
         with _opened(config, workdir, best=True) as best:
@@ -135,6 +141,28 @@ def _average(checkpoints: Checkpoints, which: str, abstract, mesh, resize) -> Re
     return Restored(chosen[-1], mean, f"avg{len(chosen)}-{chosen[-1]}")
 
 
+def _pretrained(path: str, abstract_params, fresh_params):
+    """Our parameters (sharded as `abstract_params`) from the checkpoint folder `path`; those
+    it lacks are taken from `fresh_params` (or, if None, refused: ValueError). Prints what
+    was loaded, newly initialized and left out."""
+    checkpoint = interop.open_checkpoint(path)
+    flat_abstract = interop.tensors.flat(abstract_params)
+    loaded, left_out = interop.load_params(checkpoint, {k: v.shape for k, v in flat_abstract.items()})
+    new = sorted(set(flat_abstract) - set(loaded))
+    if new and fresh_params is None:
+        raise ValueError(f"{checkpoint.source}: has no {', '.join(new)} for this model "
+                         f"(to train them: --config.init_from={checkpoint.source})")
+    if jax.process_index() == 0:
+        values = sum(v.size for v in loaded.values())
+        print(f"{checkpoint.source}: loaded {len(loaded)} parameters ({values:,} values) of a "
+              f"{checkpoint.architecture}; newly initialized: {', '.join(new) or 'none'}; "
+              f"left out: {', '.join(left_out) or 'none'}", flush=True)
+    fresh = interop.tensors.flat(fresh_params) if new else {}
+    params = {path: jax.make_array_from_callback(x.shape, x.sharding, lambda index, v=loaded[path]: v[index])
+              if path in loaded else fresh[path] for path, x in flat_abstract.items()}
+    return interop.tensors.nested(params)
+
+
 def _shapes(tree) -> list:
     return [(path, tuple(x.shape)) for path, x in jax.tree_util.tree_leaves_with_path(tree)]
 
@@ -154,6 +182,9 @@ def train(task, config, workdir: str, mesh, profile_steps: tuple[int, int] | Non
     state, start = _resume(checkpoints, abstract)
     if state is None:
         state, start = init(), 0
+        pretrained = interop.hf_path(config.get("init_from"))
+        if pretrained:
+            state = state.replace(params=_pretrained(pretrained, abstract.params, state.params))
     if jax.process_index() == 0:  # only now: a refused resume leaves config.json as it was
         save_config(workdir, config)
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
