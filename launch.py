@@ -1,7 +1,8 @@
 """Launches an experiment.
 
-  python launch.py --config=experiments/NAME.py[:ARG] --workdir=DIR [--mode=train|eval|predict|attention|sweep]
-                   [--checkpoint=latest|best|avg:N|all|STEP] [--split=test] [--input=FILE] [--layer=-1 --head=-1]
+  python launch.py --config=experiments/NAME.py[:ARG] --workdir=DIR [--mode=train|eval|predict|attention|export|sweep]
+                   [--checkpoint=latest|best|avg:N|all|STEP|hf:PATH] [--split=test] [--input=FILE] [--output=DIR]
+                   [--layer=-1 --head=-1]
                    [--profile_steps=A:B] [--distributed [--coordinator_address=HOST:PORT --num_processes=N
                    --process_id=I]] [--parallel=N --sweep_emit=slurm --sweep_metric=NAME] [--config.KEY=VALUE ...]
 """
@@ -97,6 +98,7 @@ def run(runner):
     """`runner.run` with the flags; failures that are the input's fault end in one line."""
     from ml_transformer.train.checkpoints import CheckpointError
 
+    runner.use_compilation_cache()
     try:
         runner.run(FLAGS.config, FLAGS.workdir, FLAGS.mode, checkpoint=FLAGS.checkpoint, split=FLAGS.split,
                    input_path=FLAGS.input, layer=FLAGS.layer, head=FLAGS.head, profile_steps=FLAGS.profile_steps,

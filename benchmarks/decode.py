@@ -9,9 +9,10 @@ Restores the run's latest checkpoint and translates the first `--count` sentence
 `--split` (0: all) as evaluation does (batches of `batch_size` sentences, longest first),
 greedily and with beam search (`--beam_size`; `--alpha`, of the config's length penalty form): seconds,
 sentences/s and output tokens/s, compilation included, and how many shapes each search
-compiled for. Then, side by side on the first `--uncached_count` sentences, the same searches
-with the cache and recomputing the decoder over the whole prefix at every step: the cache's
-speedup.
+compiled for (or loaded from the compilation cache on disk that launch.py also keeps;
+`JAX_COMPILATION_CACHE_DIR=$(mktemp -d)` measures a first run). Then, side by side on the
+first `--uncached_count` sentences, the same searches with the cache and recomputing the
+decoder over the whole prefix at every step: the cache's speedup.
 
 Language model sampling:
   python benchmarks/decode.py --config=experiments/lm_bible.py [--count=8] [--new_tokens=256] \
@@ -34,6 +35,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from ml_transformer import main as ml_transformer_main
 from ml_transformer.data.tokenizer import EOS_ID
 from ml_transformer.tasks import language_model
 from ml_transformer.tasks.generation import left_padded, sample_tokens
@@ -53,37 +55,45 @@ FLAGS = flags.FLAGS
 
 
 class Compilations:
-    """Counts XLA compilations and the seconds they take, as JAX reports them."""
+    """Counts XLA compilations and the seconds they take, and the programs loaded from the
+    persistent compilation cache instead, as JAX reports them."""
 
     def __init__(self):
-        self.count, self.seconds = 0, 0.0
+        self.count, self.seconds, self.loaded = 0, 0.0, 0
         jax.monitoring.register_event_duration_secs_listener(self._event)
+        jax.monitoring.register_event_listener(self._loaded)
 
     def _event(self, name: str, seconds: float, **_):
         if name.startswith("/jax/core/compile/"):
             self.seconds += seconds
             self.count += name.endswith("backend_compile_duration")
 
+    def _loaded(self, name: str, **_):
+        self.loaded += name == "/jax/compilation_cache/cache_hits"
+
 
 COMPILATIONS = Compilations()
 
 
-def timed(task, params, sources, beam_size: int, cached: bool = True) -> tuple[float, int, int, float]:
-    """(seconds, output tokens, compilations, their seconds) of translating `sources`."""
-    before = COMPILATIONS.count, COMPILATIONS.seconds
+def timed(task, params, sources, beam_size: int, cached: bool = True) -> tuple[float, int, int, float, int]:
+    """(seconds, output tokens, compilations, their seconds, programs loaded from the
+    compilation cache) of translating `sources`."""
+    before = COMPILATIONS.count, COMPILATIONS.seconds, COMPILATIONS.loaded
     start = time.perf_counter()
     outputs = task.search(params, sources, beam_size, FLAGS.alpha, cached=cached)
     seconds = time.perf_counter() - start
     return (seconds, sum(len(ids) for ids in outputs), COMPILATIONS.count - before[0],
-            COMPILATIONS.seconds - before[1])
+            COMPILATIONS.seconds - before[1], COMPILATIONS.loaded - before[2])
 
 
-def line(name: str, count: int, seconds: float, tokens: int, compiled: int, compiling: float) -> str:
+def line(name: str, count: int, seconds: float, tokens: int, compiled: int, compiling: float, loaded: int) -> str:
     return (f"{name}: {count} sentences in {seconds:.1f} s ({count / seconds:.1f} sentences/s, "
-            f"{tokens / seconds:,.0f} tokens/s), of which {compiling:.1f} s compiling {compiled} shapes")
+            f"{tokens / seconds:,.0f} tokens/s), of which {compiling:.1f} s compiling {compiled} shapes"
+            + (f" ({loaded} of them loaded from the compilation cache)" if loaded else ""))
 
 
 def main(_):
+    ml_transformer_main.use_compilation_cache()  # as launch.py does
     config = FLAGS.config
     if config.task == "language_model":
         return sampling(config)

@@ -184,7 +184,8 @@ def length_penalty(length: Array | int, alpha: Array | float, form: str = "gnmt"
 def beam_search(step_fn: StepFn, state: Any, *, batch_size: int, beam_size: int,
                 alpha: Array | float, max_len: int, bos_id: int, eos_id: int,
                 max_lens: Array | None = None, min_len: int = 0,
-                penalty: str = "gnmt") -> tuple[Array, Array]:
+                penalty: str = "gnmt", reorder: Callable[[Any, Array], Any] | None = None
+                ) -> tuple[Array, Array]:
     """Beam search with a length penalty (`length_penalty` of form `penalty`).
 
     A finished hypothesis Y (EOS counted in |Y|) scores log P(Y) / length_penalty(|Y|).
@@ -198,10 +199,16 @@ def beam_search(step_fn: StepFn, state: Any, *, batch_size: int, beam_size: int,
     With beam_size 1 the alive hypothesis follows greedy search's path, and the result is
     greedy's output unless ending that path earlier with EOS scores higher.
 
+    `state` has one row per example, repeated for its beams (`expand_to_beams`) and
+    reordered with them (`gather_beams`) after each step; or, with `reorder`, it is already
+    laid out for the beams and `reorder(state, beam_indices)` reorders it (e.g. a table of
+    where each beam's cached keys are, leaving the cache itself in place).
+
     Returns (tokens int32[batch_size, beam_size, max_len], scores float32[batch_size,
     beam_size]), best first. Slots for which no hypothesis exists score -inf and hold
     only padding.
     """
+    laid_out, reorder = reorder is not None, reorder or gather_beams
     limits = _length_limits(batch_size, max_len, max_lens)
     neg_inf = jnp.float32(-jnp.inf)
     lp = lambda length: length_penalty(length, alpha, penalty)  # noqa: E731
@@ -235,7 +242,7 @@ def beam_search(step_fn: StepFn, state: Any, *, batch_size: int, beam_size: int,
         origin, token = flat // vocab_size, flat % vocab_size
         alive_seqs = jnp.take_along_axis(alive_seqs, origin[:, :, None], axis=1)
         alive_seqs = alive_seqs.at[:, :, i].set(token)
-        state = gather_beams(state, origin)
+        state = reorder(state, origin)
         return i + 1, alive_seqs, alive_logp, finished_seqs, finished_scores, state
 
     empty = jnp.zeros((batch_size, beam_size, max_len), jnp.int32)
@@ -246,7 +253,7 @@ def beam_search(step_fn: StepFn, state: Any, *, batch_size: int, beam_size: int,
         jnp.tile(first_beam_only, (batch_size, 1)),
         empty,
         jnp.full((batch_size, beam_size), neg_inf),
-        expand_to_beams(state, beam_size),
+        state if laid_out else expand_to_beams(state, beam_size),
     )
     _, _, _, finished_seqs, finished_scores, _ = jax.lax.while_loop(cond, body, carry)
     return finished_seqs, finished_scores

@@ -18,6 +18,16 @@ from ml_transformer.tasks import make_task
 from ml_transformer.train import loop, partitioning
 
 MODES = ("train", "eval", "predict", "attention", "export")
+COMPILATION_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "ml_transformer", "xla")
+
+
+def use_compilation_cache() -> None:
+    """Keeps compiled programs on disk (JAX's persistent compilation cache), so that a later
+    run of the same model and shapes (eval, predict, a benchmark) loads them instead of
+    compiling: in $JAX_COMPILATION_CACHE_DIR when set, else `COMPILATION_CACHE`."""
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", COMPILATION_CACHE)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # decoding's programs take ~1 s each
 
 
 def run(config, workdir: str, mode: str = "train", *, checkpoint: str = "latest", split: str = "test",

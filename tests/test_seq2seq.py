@@ -12,6 +12,8 @@ import pytest
 from ml_transformer.models.seq2seq import Seq2Seq, Seq2SeqConfig
 from ml_transformer.nn.blocks import BlockConfig, Encoder
 from ml_transformer.nn.embeddings import sinusoidal_encoding
+from ml_transformer.decode import beam_search
+from ml_transformer.tasks.translation import cached_decoding, uncached_decoding
 
 VOCAB = 40
 BLOCK = BlockConfig(d_model=16, num_heads=2, d_ff=32, dropout_rate=0.0)
@@ -101,6 +103,22 @@ def test_cached_decoding_equals_full_forward(pre_ln):
     for t in range(5):
         logits, cache = step(params, previous[:, t : t + 1], cache, memory)
         np.testing.assert_allclose(logits, full[:, t], atol=1e-4)
+
+
+def test_beams_sharing_one_cache_find_what_recomputing_each_prefix_finds():
+    """A random model's beams part ways and swap places often: every beam must read its
+    own ancestors' cached keys, wherever they were written."""
+    model, params, _ = model_and_params(True)
+    src = tokens(np.random.default_rng(5), (4, 6)).at[2, 4:].set(0)
+    settings = dict(batch_size=4, beam_size=4, alpha=0.6, max_len=12, bos_id=2, eos_id=3, max_lens=jnp.sum(src > 0, 1) + 6,
+                    min_len=8)  # long outputs (EOS forbidden before 8 tokens): many reorderings
+    found = {}
+    for decoding in (cached_decoding, uncached_decoding):
+        step_fn, state, reorder = decoding(model, params, src, 12, 4)
+        found[decoding] = jax.jit(lambda s: beam_search(step_fn, s, reorder=reorder, **settings))(state)
+    (cached, cached_scores), (recomputed, recomputed_scores) = found.values()
+    np.testing.assert_array_equal(cached, recomputed)
+    np.testing.assert_allclose(cached_scores, recomputed_scores, rtol=1e-5)
 
 
 def test_encoder_stack_dropout_only_in_training():

@@ -60,10 +60,11 @@ class Decoder(nn.Module):
         """Per layer: the keys and values of encoder-decoder attention over `memory`."""
         return [layer.cross_attention.project_memory(memory) for layer in self.layers]
 
-    def step(self, x: Array, cache: list[dict], cross: list[dict], cross_mask: Array) -> tuple[Array, list[dict]]:
+    def step(self, x: Array, cache: list[dict], cross: list[dict], cross_mask: Array,
+             self_mask: Array | None = None) -> tuple[Array, list[dict]]:
         """One cached position through every layer: (outputs, updated self-attention caches)."""
         layer_caches = [{"self": c, "cross": m} for c, m in zip(cache, cross)]
-        x, layer_caches = self(x, None, None, cross_mask, train=False, cache=layer_caches)
+        x, layer_caches = self(x, None, self_mask, cross_mask, train=False, cache=layer_caches)
         return x, [c["self"] for c in layer_caches]
 
 
@@ -117,27 +118,31 @@ class Seq2Seq(nn.Module):
     def __call__(self, inputs: Array, targets: Array, *, train: bool = False) -> Array:
         return self.decode(self.encode(inputs, train=train), inputs, targets, train=train)
 
-    def start_decoding(self, inputs: Array, max_len: int) -> tuple[dict, list[dict]]:
-        """Encodes the source once for cached decoding of up to `max_len` positions.
+    def start_decoding(self, inputs: Array, max_len: int, beams: int = 1) -> tuple[dict, list[dict]]:
+        """Encodes the source once for cached decoding of up to `max_len` positions by
+        `beams` hypotheses per source (rows b * beams + j of `decode_step`).
 
         Returns (memory, cache): `memory` holds what every step reads and none changes (the
         projected encoder outputs of each layer, the source mask), `cache` the empty
         self-attention caches of each layer, whose scalar `index` is the position being
-        decoded. Every leaf with ndim >= 1 has the batch as leading axis.
+        decoded. Both have one row per source, which its hypotheses read together.
         """
         self._check_length(max_len)
         b = self.config.block
         memory = {"cross": self.decoder.project_memory(self.encode(inputs)), "source_valid": inputs > 0}
         head_dim = b.d_model // b.num_heads
-        cache = [init_self_attention_cache(inputs.shape[0], max_len, b.num_heads, head_dim, b.dtype)
+        cache = [init_self_attention_cache(inputs.shape[0], max_len, b.num_heads, head_dim, b.dtype, beams)
                  for _ in range(self.config.num_decoder_layers)]
         return memory, cache
 
-    def decode_step(self, tokens: Array, cache: list[dict], memory: dict) -> tuple[Array, list[dict]]:
-        """One decoding step: previous tokens `[N, 1]` → (next-token logits `[N, V]`, cache)."""
+    def decode_step(self, tokens: Array, cache: list[dict], memory: dict,
+                    slots: Array | None = None) -> tuple[Array, list[dict]]:
+        """One decoding step: previous tokens `[N, 1]` → (next-token logits `[N, V]`, cache).
+        With K > 1 hypotheses per source, `slots` `[B, 1, K, max_len * K]` says which cached
+        positions each reads (`nn.attention.MultiHeadAttention._attend_cached`)."""
         position = cache[0]["index"]
         x = self.target_position(self.target_embedding(tokens), position)
-        x, cache = self.decoder.step(x, cache, memory["cross"], memory["source_valid"][:, None, None, :])
+        x, cache = self.decoder.step(x, cache, memory["cross"], memory["source_valid"][:, None, None, :], slots)
         return self._logits(x)[:, -1], cache
 
     def start_decoding_uncached(self, inputs: Array, max_len: int) -> tuple[dict, dict]:

@@ -135,32 +135,47 @@ class MultiHeadAttention(nn.Module):
 
     def _attend_cached(self, query: Array, inputs_kv: Array | None, mask: Array | None, cache: dict):
         """Decoding attention of new positions over a cache held in the layout its two dots
-        read without transposing: keys `[B, H, D, L]`, values `[B, H, L, D]`. In
-        self-attention the `Lq` new positions (one per step, or a whole prompt at once)
-        join the cache at `index` and each attends to the cached positions up to itself."""
+        read without transposing (`init_self_attention_cache`, `project_memory`).
+
+        The cache has one row per example and the queries K rows per example (row b * K + j:
+        beam j of example b; K = 1 outside beam search), which read that row together: the
+        encoder-decoder memory, or a self-attention cache in which beam j writes position t
+        at column t * K + j. Beams that swap places keep their keys where they were written:
+        `mask` `[B, 1, K, max_len * K]` says which columns each beam's positions are in
+        (`tasks.translation.cached_decoding`). In self-attention the `Lq` new positions (one
+        per step, or with K = 1 a whole prompt at once) join the cache at `index`, and with
+        K = 1 each attends to the cached positions up to itself."""
+        batch, heads, depth = cache["key"].shape[:3]
+        rows, length = query.shape[:2]
+        beams = rows // batch
         if "index" in cache:  # self-attention: the new keys and values join the cache
             index = cache["index"]
-            key = self.key(inputs_kv).transpose(0, 2, 3, 1).astype(cache["key"].dtype)
-            value = self.value(inputs_kv).transpose(0, 2, 1, 3).astype(cache["value"].dtype)
-            keys = jax.lax.dynamic_update_slice_in_dim(cache["key"], key, index, axis=3)
-            values = jax.lax.dynamic_update_slice_in_dim(cache["value"], value, index, axis=2)
-            new = query.shape[1]
-            seen = jnp.arange(keys.shape[3])[None, :] <= index + jnp.arange(new)[:, None]
-            mask = combine_masks(mask, seen[None, None])
-            cache = {"key": keys, "value": values, "index": index + new}
-        query = query.transpose(0, 2, 1, 3)
-        scores = jnp.einsum("bhqd,bhdk->bhqk", query, cache["key"]) / jnp.sqrt(query.shape[-1]).astype(query.dtype)
+            key = self.key(inputs_kv).reshape(batch, beams, length, heads, depth).transpose(0, 3, 4, 2, 1)
+            value = self.value(inputs_kv).reshape(batch, beams, length, heads, depth).transpose(0, 3, 2, 1, 4)
+            keys = jax.lax.dynamic_update_slice_in_dim(
+                cache["key"], key.reshape(batch, heads, depth, -1).astype(cache["key"].dtype), index * beams, axis=3)
+            values = jax.lax.dynamic_update_slice_in_dim(
+                cache["value"], value.reshape(batch, heads, -1, depth).astype(cache["value"].dtype), index * beams,
+                axis=2)
+            if beams == 1:
+                seen = jnp.arange(keys.shape[3])[None, :] <= index + jnp.arange(length)[:, None]
+                mask = combine_masks(mask, seen[None, None])
+            cache = {"key": keys, "value": values, "index": index + length}
+        query = query.reshape(batch, beams * length, heads, depth).transpose(0, 2, 1, 3)
+        scores = jnp.einsum("bhqd,bhdk->bhqk", query, cache["key"]) / jnp.sqrt(depth).astype(query.dtype)
         weights = masked_softmax(scores, mask).astype(query.dtype)
-        return jnp.einsum("bhqk,bhkd->bhqd", weights, cache["value"]).transpose(0, 2, 1, 3), cache
+        out = jnp.einsum("bhqk,bhkd->bhqd", weights, cache["value"]).transpose(0, 2, 1, 3)
+        return out.reshape(rows, length, heads, depth), cache
 
     def project_memory(self, memory: Array) -> dict:
         """Keys and values of the encoder outputs, computed once for cached decoding."""
         return {"key": self.key(memory).transpose(0, 2, 3, 1), "value": self.value(memory).transpose(0, 2, 1, 3)}
 
 
-def init_self_attention_cache(batch: int, max_len: int, num_heads: int, head_dim: int, dtype) -> dict:
-    """An empty self-attention cache for `max_len` decoding steps: keys `[B, H, D, max_len]`,
-    values `[B, H, max_len, D]` (the layouts `_attend_cached` reads)."""
-    return {"key": jnp.zeros((batch, num_heads, head_dim, max_len), dtype),
-            "value": jnp.zeros((batch, num_heads, max_len, head_dim), dtype),
+def init_self_attention_cache(batch: int, max_len: int, num_heads: int, head_dim: int, dtype, beams: int = 1) -> dict:
+    """An empty self-attention cache for `max_len` decoding steps of `beams` hypotheses per
+    example: keys `[B, H, D, max_len * beams]`, values `[B, H, max_len * beams, D]`, position
+    t of beam j at t * beams + j (the layouts `_attend_cached` reads)."""
+    return {"key": jnp.zeros((batch, num_heads, head_dim, max_len * beams), dtype),
+            "value": jnp.zeros((batch, num_heads, max_len * beams, head_dim), dtype),
             "index": jnp.array(0, jnp.int32)}

@@ -80,22 +80,58 @@ def translate(model: Seq2Seq, params, inputs, *, beam_size: int, alpha: float, e
     `cached=False` recomputes the decoder over the whole prefix at every step (benchmarks)."""
     max_len = inputs.shape[1] + extra_len
     variables = {"params": params}
-    start, step = ((Seq2Seq.start_decoding, Seq2Seq.decode_step) if cached
-                   else (Seq2Seq.start_decoding_uncached, Seq2Seq.decode_step_uncached))
-    memory, cache = model.apply(variables, inputs, max_len, method=start)
-    # The memory is a constant of the step function: beams never reorder it.
-    memory = decode.expand_to_beams(memory, beam_size)
-
-    def step_fn(tokens, state):  # padding is never an output token (outputs hold it after EOS only)
-        logits, state = model.apply(variables, tokens, state, memory=memory, method=step)
-        return logits.at[:, decode.PAD_ID].set(-jnp.inf), state
-
     kwargs = dict(batch_size=inputs.shape[0], max_len=max_len, min_len=min_len, bos_id=bos_id, eos_id=eos_id,
                   max_lens=jnp.sum(inputs > 0, axis=1) + extra_len)
+    step_fn, state, reorder = (cached_decoding if cached else uncached_decoding)(model, variables, inputs, max_len,
+                                                                                beam_size)
     if beam_size == 1:
-        return decode.greedy_search(step_fn, cache, **kwargs)
-    tokens, _ = decode.beam_search(step_fn, cache, beam_size=beam_size, alpha=alpha, penalty=penalty, **kwargs)
+        return decode.greedy_search(step_fn, state, **kwargs)
+    tokens, _ = decode.beam_search(step_fn, state, beam_size=beam_size, alpha=alpha, penalty=penalty, reorder=reorder,
+                                   **kwargs)
     return tokens[:, 0]
+
+
+def _no_padding(logits: jax.Array) -> jax.Array:  # padding is never an output (outputs hold it after EOS only)
+    return logits.at[:, decode.PAD_ID].set(-jnp.inf)
+
+
+def cached_decoding(model: Seq2Seq, variables, inputs, max_len: int, beams: int):
+    """(step function, state, reorder) of `decode`'s searches with the cache, which has one
+    row per source that its K beams read together, beam j writing column t * K + j at
+    position t. With K > 1 the state adds `slots` `[B * K, max_len, K]`: in which beam's
+    column each beam's positions are. Beam search reorders that table, never the cache."""
+    memory, cache = model.apply(variables, inputs, max_len, beams, method=Seq2Seq.start_decoding)
+    if beams == 1:
+        def step_fn(tokens, cache):
+            logits, cache = model.apply(variables, tokens, cache, memory, method=Seq2Seq.decode_step)
+            return _no_padding(logits), cache
+
+        return step_fn, cache, None
+
+    own = jnp.tile(jnp.eye(beams, dtype=bool), (inputs.shape[0], 1))  # row b * K + j writes column j
+
+    def step_fn(tokens, state):
+        written = jnp.arange(max_len)[None, :, None] == state["cache"][0]["index"]
+        slots = state["slots"] | (written & own[:, None, :])
+        readable = slots.reshape(inputs.shape[0], 1, beams, max_len * beams)
+        logits, cache = model.apply(variables, tokens, state["cache"], memory, readable, method=Seq2Seq.decode_step)
+        return _no_padding(logits), {"cache": cache, "slots": slots}
+
+    state = {"cache": cache, "slots": jnp.zeros((inputs.shape[0] * beams, max_len, beams), bool)}
+    return step_fn, state, lambda state, origin: {**state, "slots": decode.gather_beams(state["slots"], origin)}
+
+
+def uncached_decoding(model: Seq2Seq, variables, inputs, max_len: int, beams: int):
+    """(step function, state, reorder) of `decode`'s searches recomputing the whole prefix
+    at every step, for benchmarks; beam search repeats and reorders the prefix per beam."""
+    memory, prefix = model.apply(variables, inputs, max_len, method=Seq2Seq.start_decoding_uncached)
+    memory = decode.expand_to_beams(memory, beams)  # a constant of the step function: beams never reorder it
+
+    def step_fn(tokens, prefix):
+        logits, prefix = model.apply(variables, tokens, prefix, memory=memory, method=Seq2Seq.decode_step_uncached)
+        return _no_padding(logits), prefix
+
+    return step_fn, prefix, None
 
 
 DECODING_FILE = "decoding.json"

@@ -11,7 +11,8 @@ loaded in float32, eval mode. EXPECTED.npz holds:
     output lacks is taken from its base model, e.g. last_hidden_state of ViTForImageClassification)
     and expected (the array); optionally expected_mask ([B, L] 0/1: compare only where 1);
   - optionally texts and ids (and ids_mask): AutoTokenizer.from_pretrained(FOLDER)(texts,
-    padding=True) must give them;
+    padding=True) must give them (a tokenizer without a padding token, e.g. GPT-2's, encodes
+    each text alone: its ids must be the row's where ids_mask is 1);
   - optionally greedy: generate(input_ids, attention_mask, num_beams=1, do_sample=False) must give
     it, padded with the pad id (an encoder-decoder's rows start with the decoder start token; a
     decoder-only model's include the prompt), max_new_tokens from its width.
@@ -58,6 +59,7 @@ def check(folder: str | Path, npz_path: str | Path, tol: float = 1e-4) -> bool:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()  # "Loading weights: ..." of transformers 5
     # MarianTokenizer without sacremoses skips Moses punctuation normalisation, as our side does
     warnings.filterwarnings("ignore", message="Recommended: pip install sacremoses")
     folder = Path(folder)
@@ -103,14 +105,22 @@ def check(folder: str | Path, npz_path: str | Path, tol: float = 1e-4) -> bool:
 
     if "texts" in data and "ids" in data:
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-        enc = tokenizer([str(t) for t in data["texts"]], padding=True, return_tensors="np")
-        same = enc["input_ids"].shape == data["ids"].shape and (enc["input_ids"] == data["ids"]).all()
-        if "ids_mask" in data:
-            same &= enc["attention_mask"].shape == data["ids_mask"].shape and bool(
-                (enc["attention_mask"] == data["ids_mask"]).all())
+        texts = [str(t) for t in data["texts"]]
+        if tokenizer.pad_token is None:  # e.g. GPT-2's: each text alone, against ids where ids_mask is 1
+            got = [tokenizer(text)["input_ids"] for text in texts]
+            masks = data.get("ids_mask", np.ones_like(data["ids"]))
+            want = [[int(i) for i, m in zip(row, mask) if m] for row, mask in zip(data["ids"], masks)]
+            same = got == want
+        else:
+            enc = tokenizer(texts, padding=True, return_tensors="np")
+            got, want = enc["input_ids"].tolist(), data["ids"].tolist()
+            same = enc["input_ids"].shape == data["ids"].shape and (enc["input_ids"] == data["ids"]).all()
+            if "ids_mask" in data:
+                same &= enc["attention_mask"].shape == data["ids_mask"].shape and bool(
+                    (enc["attention_mask"] == data["ids_mask"]).all())
         print(f"{folder}: {type(tokenizer).__name__} ids {'equal' if same else 'DIFFER'}")
         if not same:
-            print("  got", enc["input_ids"].tolist(), "\n  expected", data["ids"].tolist())
+            print("  got", got, "\n  expected", want)
         ok &= bool(same)
 
     if "greedy" in data:
