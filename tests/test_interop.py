@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import string
+from importlib import metadata
 
 import jax
 import jax.numpy as jnp
@@ -15,11 +16,14 @@ import numpy as np
 import pytest
 import tokenizers
 from conftest import DECODING, HF_FIXTURES, STEPS, changed_hf_fixture, experiment_config, launch, smoke_args
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from safetensors.numpy import load_file
 
 from ml_transformer import interop
 from ml_transformer.interop import bert, folder, tensors
 from ml_transformer.models import text_classifier
+from ml_transformer.train import loop
 
 BERT = os.path.join(HF_FIXTURES, "bert")
 
@@ -142,14 +146,13 @@ def _tiny_wordpiece(path) -> None:
     tokenizer.save(os.path.join(path, "tokenizer.json"))
 
 
-def test_init_from_fine_tunes_a_checkpoint_and_eval_refuses_one_without_the_head(tmp_path, tfds_dir):
+def test_init_from_fine_tunes_a_checkpoint_that_eval_refuses_for_lack_of_the_head(tmp_path, tfds_dir):
     pretrained = tmp_path / "tiny-bert"
     shutil.copytree(BERT, pretrained)
     _tiny_wordpiece(pretrained)
-    args = ["--config=experiments/textcls_bible.py:smoke", f"--workdir={tmp_path / 'run'}",
-            f"--config.data.data_dir={tfds_dir}", "--config.total_steps=4", "--config.eval_every_steps=4",
-            "--config.checkpoint_every_steps=4"]
-    result = launch(*args, f"--config.init_from=hf:{pretrained}")
+    result = launch("--config=experiments/textcls_bible.py:smoke", f"--workdir={tmp_path / 'run'}",
+                    f"--config.data.data_dir={tfds_dir}", "--config.total_steps=4", "--config.eval_every_steps=4",
+                    "--config.checkpoint_every_steps=4", f"--config.init_from=hf:{pretrained}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert (f"hf:{pretrained}: loaded 37 parameters (20,352 values) of a BertModel; newly initialized: "
             "head/bias, head/kernel; left out: pooler.dense.bias, pooler.dense.weight") in result.stdout
@@ -157,11 +160,12 @@ def test_init_from_fine_tunes_a_checkpoint_and_eval_refuses_one_without_the_head
     assert saved["model"]["d_model"] == 32 and saved["data"]["tokenizer"] == f"hf:{pretrained}"
     assert saved["data"]["max_len"] == 32  # the model's max_len (64) did not change the data's
 
-    result = launch(*args, "--mode=eval", f"--checkpoint=hf:{pretrained}")
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == (
-        f"error: hf:{pretrained}: has no head/bias, head/kernel for this model "
-        f"(to train them: --config.init_from=hf:{pretrained})")
+    _, _, shapes = classifier_for(str(pretrained))  # what --mode=eval --checkpoint=hf:... restores
+    abstract = tensors.nested({k: jax.ShapeDtypeStruct(v, jnp.float32) for k, v in shapes.items()})
+    with pytest.raises(ValueError) as failure:
+        loop.pretrained_params(str(pretrained), abstract, None)
+    assert str(failure.value) == (f"hf:{pretrained}: has no head/bias, head/kernel for this model "
+                                  f"(to train them: --config.init_from=hf:{pretrained})")
 
 
 def test_an_exported_translation_model_translates_through_hf_as_from_its_checkpoint(trained, tmp_path):
@@ -181,3 +185,20 @@ def test_an_exported_translation_model_translates_through_hf_as_from_its_checkpo
     metrics = [json.loads(path.with_suffix(".json").read_text()) for path in (original, imported)]
     for name in ("loss", "nll", "accuracy", "bleu"):
         assert metrics[1][name] == pytest.approx(metrics[0][name], rel=1e-5)
+
+
+def test_the_suites_installation_pulls_no_pytorch():
+    """Every distribution that `pip install -e '.[test]'` brings, followed through the
+    installed packages' own requirements: torch is not among them (the interop reads
+    checkpoints with safetensors and tokenizers alone)."""
+    pulled, todo = set(), [("ml_transformer", "test")]
+    while todo:
+        name, extra = todo.pop()
+        for line in metadata.requires(name) or []:
+            requirement = Requirement(line)
+            wanted = canonicalize_name(requirement.name)
+            if (requirement.marker is None or requirement.marker.evaluate({"extra": extra})) and wanted not in pulled:
+                pulled.add(wanted)
+                todo.append((wanted, ""))
+    assert {"safetensors", "tokenizers", "jax", "flax"} <= pulled
+    assert "torch" not in pulled

@@ -103,7 +103,7 @@ def restore_params(task, config, workdir: str, mesh, which: str = "latest") -> R
     pretrained = interop.hf_path(which)
     if pretrained:
         name = "hf-" + os.path.basename(os.path.normpath(pretrained))  # names its result files
-        return Restored(0, _pretrained(pretrained, abstract.params, None), name)
+        return Restored(0, pretrained_params(pretrained, abstract.params, None), name)
     resize = task.resize_param
     if which == BEST:
         with _opened(config, workdir, best=True) as best:
@@ -141,7 +141,7 @@ def _average(checkpoints: Checkpoints, which: str, abstract, mesh, resize) -> Re
     return Restored(chosen[-1], mean, f"avg{len(chosen)}-{chosen[-1]}")
 
 
-def _pretrained(path: str, abstract_params, fresh_params):
+def pretrained_params(path: str, abstract_params, fresh_params):
     """Our parameters (sharded as `abstract_params`) from the checkpoint folder `path`; those
     it lacks are taken from `fresh_params` (or, if None, refused: ValueError). Prints what
     was loaded, newly initialized and left out."""
@@ -158,8 +158,8 @@ def _pretrained(path: str, abstract_params, fresh_params):
               f"{checkpoint.architecture}; newly initialized: {', '.join(new) or 'none'}; "
               f"left out: {', '.join(left_out) or 'none'}", flush=True)
     fresh = interop.tensors.flat(fresh_params) if new else {}
-    params = {path: jax.make_array_from_callback(x.shape, x.sharding, lambda index, v=loaded[path]: v[index])
-              if path in loaded else fresh[path] for path, x in flat_abstract.items()}
+    params = {name: jax.make_array_from_callback(x.shape, x.sharding, lambda index, v=loaded[name]: v[index])
+              if name in loaded else fresh[name] for name, x in flat_abstract.items()}
     return interop.tensors.nested(params)
 
 
@@ -184,7 +184,7 @@ def train(task, config, workdir: str, mesh, profile_steps: tuple[int, int] | Non
         state, start = init(), 0
         pretrained = interop.hf_path(config.get("init_from"))
         if pretrained:
-            state = state.replace(params=_pretrained(pretrained, abstract.params, state.params))
+            state = state.replace(params=pretrained_params(pretrained, abstract.params, state.params))
     if jax.process_index() == 0:  # only now: a refused resume leaves config.json as it was
         save_config(workdir, config)
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))

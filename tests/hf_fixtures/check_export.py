@@ -1,7 +1,7 @@
 """Checks that transformers loads a folder our code exported and computes what we expect.
 
-    /work/venv-torch/bin/python tests/hf_fixtures/check_export.py FOLDER EXPECTED.npz
-    /work/venv-torch/bin/python tests/hf_fixtures/check_export.py --self-test
+    .venv-torch/bin/python tests/hf_fixtures/check_export.py FOLDER EXPECTED.npz
+    .venv-torch/bin/python tests/hf_fixtures/check_export.py --self-test
 
 FOLDER holds config.json and model.safetensors; the class is `architectures[0]` of config.json,
 loaded in float32, eval mode. EXPECTED.npz holds:

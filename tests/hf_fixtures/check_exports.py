@@ -3,7 +3,7 @@
 "transformers loads our export and computes what our model does" as one command, run with
 the project's python (transformers runs in a separate one, `--torch_python`):
 
-    python tests/hf_fixtures/check_exports.py [--torch_python=/work/venv-torch/bin/python] [--out=DIR] [CASE ...]
+    python tests/hf_fixtures/check_exports.py [--torch_python=.venv-torch/bin/python] [--out=DIR] [CASE ...]
 
 Each case writes OUT/CASE/ with `interop.export` (as `--mode=export` does) and OUT/CASE.npz: the
 inputs and our JAX model's outputs in transformers' ids (`check_export.py`'s keys), then runs
@@ -260,7 +260,7 @@ def run_case(name: str, out: Path, torch_python: str) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--torch_python", default="/work/venv-torch/bin/python",
+    parser.add_argument("--torch_python", default=".venv-torch/bin/python",
                         help="a python with torch and transformers")
     parser.add_argument("--out", help="folder to keep the exports and npz files in (default: temporary)")
     parser.add_argument("cases", nargs="*", help=f"of {', '.join(CASES)} (default: all)")

@@ -1,6 +1,6 @@
 """Writes the Hugging Face golden fixtures of this folder (needs torch + transformers, not the suite).
 
-    /work/venv-torch/bin/python tests/hf_fixtures/make_fixtures.py
+    .venv-torch/bin/python tests/hf_fixtures/make_fixtures.py
 
 For bert, vit, vit_model, marian and gpt2: a tiny model in float32, every saved tensor perturbed
 with normal noise (std 0.1) so that a wrong mapping of any tensor shows, saved by
