@@ -193,3 +193,15 @@ def changed_hf_fixture(tmp_path, name: str, change_config=None, change_tensors=N
     (change_tensors or (lambda t: None))(found)
     folder.write(str(tmp_path), config, found)
     return str(tmp_path)
+
+
+def assert_tensors_refused(tmp_path, name: str, change_tensors, shapes: dict, words: list[str]) -> None:
+    """Loading the checkpoint fixture `name`, its tensors changed by `change_tensors`, into a
+    model of parameter `shapes` fails with a one-line message holding each of `words`."""
+    from ml_transformer import interop
+
+    checkpoint = interop.open_checkpoint(changed_hf_fixture(tmp_path, name, change_tensors=change_tensors))
+    with pytest.raises(interop.CheckpointError) as error:
+        interop.load_params(checkpoint, shapes)
+    message = str(error.value)
+    assert "\n" not in message and all(word in message for word in words), message

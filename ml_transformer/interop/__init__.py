@@ -10,7 +10,6 @@ architecture module (`bert`, ...) holds `ARCHITECTURES`, `TASK`, `MODEL`, `LEFT_
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 import shutil
 from types import ModuleType
@@ -19,14 +18,13 @@ import jax
 import numpy as np
 from absl import logging
 
-from ml_transformer.interop import folder, tensors, tokenizers
+from ml_transformer.interop import bert, folder, gpt2, marian, tensors, tokenizers, vit
 from ml_transformer.interop.folder import CheckpointError
 
 HF = "hf:"
-MODULES = {"BertModel": "bert", "ViTForImageClassification": "vit", "ViTModel": "vit", "GPT2LMHeadModel": "gpt2",
-           "MarianMTModel": "marian", "PegasusForConditionalGeneration": "marian"}
+MODULES = {architecture: module for module in (bert, vit, gpt2, marian) for architecture in module.ARCHITECTURES}
 # Our model → the module exporting it (a transformers architecture that computes the same).
-EXPORTS = {"seq2seq": "marian", "decoder_only": "gpt2", "vit": "vit"}
+EXPORTS = {"seq2seq": marian, "decoder_only": gpt2, "vit": vit}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
                    "merges.txt", "source.spm", "target.spm", "spiece.model", "sentencepiece.bpe.model")
 
@@ -57,7 +55,7 @@ def open_checkpoint(path: str) -> Checkpoint:
     if architecture is None:
         raise CheckpointError(f"hf:{path}: architecture {', '.join(architectures) or hf.get('model_type', '?')} "
                               f"is not supported (one of {', '.join(MODULES)})")
-    module = importlib.import_module(f"ml_transformer.interop.{MODULES[architecture]}")
+    module = MODULES[architecture]
     return Checkpoint(path, architecture, module, module.model_fields(hf, HF + path))
 
 
@@ -115,7 +113,7 @@ def export(config, params, workdir: str, output: str) -> None:
                          f"(exported: {', '.join(EXPORTS)})")
     if os.path.isdir(output) and os.listdir(output):
         raise ValueError(f"--output={output}: not empty")
-    module = importlib.import_module(f"ml_transformer.interop.{EXPORTS[model]}")
+    module = EXPORTS[model]
     pretrained = hf_path(config.data.get("tokenizer"))
     tokenizer_file = os.path.join(workdir, "tokenizer.model")
     module.export(config.model.to_dict(), tensors.flat(jax.tree.map(np.asarray, jax.device_get(params))), output,

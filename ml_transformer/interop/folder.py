@@ -58,8 +58,13 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
 def write(path: str, config: dict, tensors: dict[str, np.ndarray]) -> None:
     """Writes `config.json` and `model.safetensors` into the folder `path` (created)."""
     os.makedirs(path, exist_ok=True)
-    with open(os.path.join(path, CONFIG), "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
-        f.write("\n")
+    write_json(os.path.join(path, CONFIG), config)
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, os.path.join(path, WEIGHTS),
               metadata={"format": "pt"})
+
+
+def write_json(file: str, value: dict) -> None:
+    """`value` as indented JSON with sorted keys, as transformers writes its files."""
+    with open(file, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=2, ensure_ascii=False, sort_keys=True)
+        f.write("\n")

@@ -190,7 +190,7 @@ def export(model_fields: dict, params: dict[str, np.ndarray], output: str, token
         theirs.update({f"model.{side}.embed_positions.weight": table for side in ("encoder", "decoder")})
     folder.write(output, hf_config(fields), theirs)
     generation = generation_config(fields)
-    _write_json(os.path.join(output, GENERATION), {**generation, "bad_words_ids": [[generation["pad_token_id"]]]})
+    folder.write_json(os.path.join(output, GENERATION), {**generation, "bad_words_ids": [[generation["pad_token_id"]]]})
     if tokenizer_file:
         _write_tokenizer(tokenizer_file, output, fields)
 
@@ -221,12 +221,6 @@ def _fields_of_params(model_fields: dict, params: dict[str, np.ndarray]) -> dict
     )
 
 
-def _write_json(path: str, value: dict) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2, ensure_ascii=False, sort_keys=True)
-        f.write("\n")
-
-
 def _write_tokenizer(tokenizer_file: str, output: str, fields: dict) -> None:
     """The tokenizer files of `export`."""
     if fields["shifted_vocab"]:
@@ -238,8 +232,8 @@ def _write_tokenizer(tokenizer_file: str, output: str, fields: dict) -> None:
     sp = spm.SentencePieceProcessor(model_file=tokenizer_file)
     for name in ("source.spm", "target.spm"):
         shutil.copyfile(tokenizer_file, os.path.join(output, name))
-    _write_json(os.path.join(output, "vocab.json"), {sp.id_to_piece(i): i for i in range(size)})
-    _write_json(os.path.join(output, "tokenizer_config.json"), dict(
+    folder.write_json(os.path.join(output, "vocab.json"), {sp.id_to_piece(i): i for i in range(size)})
+    folder.write_json(os.path.join(output, "tokenizer_config.json"), dict(
         tokenizer_class="MarianTokenizer", pad_token=sp.id_to_piece(PAD_ID), unk_token=sp.id_to_piece(UNK_ID),
         eos_token=sp.id_to_piece(fields["eos_id"]), separate_vocabs=False, model_max_length=fields["max_len"]))
 

@@ -4,7 +4,6 @@ SentencePiece model written as a `tokenizer.json` that `transformers.AutoTokeniz
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
 
@@ -13,7 +12,7 @@ from sentencepiece import sentencepiece_model_pb2
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 from ml_transformer.data import tokenizer as ours
-from ml_transformer.interop.folder import CheckpointError
+from ml_transformer.interop.folder import CheckpointError, write_json
 
 FILE = "tokenizer.json"
 CONFIG = "tokenizer_config.json"
@@ -112,6 +111,5 @@ def write_sentencepiece(model_file: str, output: str, *, bos: bool, eos: bool, m
         special_tokens=[(bos_token, ours.BOS_ID - first), (eos_token, ours.EOS_ID - first)])
     os.makedirs(output, exist_ok=True)
     tokenizer.save(os.path.join(output, FILE))
-    with open(os.path.join(output, CONFIG), "w", encoding="utf-8") as f:
-        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_len, **special}, f, indent=2)
-        f.write("\n")
+    write_json(os.path.join(output, CONFIG),
+               {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_len, **special})
