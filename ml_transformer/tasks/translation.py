@@ -209,16 +209,17 @@ class TranslationTask(Task):
     def search(self, params, inputs: list[np.ndarray], beam_size: int, alpha: float | None = None,
                cached: bool = True) -> list[np.ndarray]:
         """Output ids (EOS included) for encoded sources, in order (`translate`; `alpha`
-        defaults to the chosen one)."""
+        defaults to the chosen one). Every batch is dispatched before any output is read, so
+        that XLA compiles a new batch shape while the batches before it decode."""
         alpha = self.decoding[1] if alpha is None else alpha
         outputs = [np.zeros(0, np.int32)] * len(inputs)
         batches = pipeline.eval_batches(
             inputs, inputs, batch_size=self.eval_batch_size, batch_multiple=self.batch_multiple
         )
-        for batch in batches:
-            tokens = self._translate(params, self._global(batch)["inputs"], alpha=jnp.float32(alpha),
-                                     beam_size=beam_size, cached=cached)
-            for i, row in zip(partitioning.all_rows(batch["index"]), partitioning.all_rows(tokens)):
+        dispatched = [(batch["index"], self._translate(params, self._global(batch)["inputs"], alpha=jnp.float32(alpha),
+                                                       beam_size=beam_size, cached=cached)) for batch in batches]
+        for index, tokens in dispatched:
+            for i, row in zip(partitioning.all_rows(index), partitioning.all_rows(tokens)):
                 if i >= 0:
                     outputs[i] = row[: np.count_nonzero(row)]
         return outputs
