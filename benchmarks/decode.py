@@ -88,8 +88,9 @@ def timed(task, params, sources, beam_size: int, cached: bool = True) -> tuple[f
 
 def line(name: str, count: int, seconds: float, tokens: int, compiled: int, compiling: float, loaded: int) -> str:
     return (f"{name}: {count} sentences in {seconds:.1f} s ({count / seconds:.1f} sentences/s, "
-            f"{tokens / seconds:,.0f} tokens/s), of which {compiling:.1f} s compiling {compiled} shapes"
-            + (f" ({loaded} of them loaded from the compilation cache)" if loaded else ""))
+            f"{tokens / seconds:,.0f} tokens/s); compiling {compiled} shapes"
+            + (f" ({loaded} of them loaded from the compilation cache)" if loaded else "")
+            + f": {compiling:.1f} s, summed over the threads that decode side by side")
 
 
 def main(_):

@@ -2,7 +2,9 @@
 
 import functools
 import json
+import os
 import re
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -300,3 +302,17 @@ def test_logged_learning_rate_is_the_schedules_rate_of_the_last_step(tmp_path, m
     assert sorted(logged) == [5, 10]  # log_every_steps 5
     for step, rate in logged.items():  # the rate of the update that made step `step` (paper's step `step`)
         assert rate == pytest.approx(0.5 * 32**-0.5 * min(step**-0.5, step * 4**-1.5), rel=1e-6)
+
+
+def test_batches_on_one_cpu_device_run_side_by_side_and_come_back_in_order():
+    """`map_batches` on one CPU device: one thread per core, each batch waiting at a barrier
+    that only as many batches running at once as there are cores pass."""
+    cores = len(os.sched_getaffinity(0))
+    barrier = threading.Barrier(cores, timeout=60)
+
+    def doubled(x):
+        barrier.wait()
+        return 2 * x
+
+    mesh = partitioning.make_mesh(devices=jax.devices()[:1])
+    assert partitioning.map_batches(doubled, range(3 * cores), mesh) == [2 * x for x in range(3 * cores)]

@@ -97,15 +97,18 @@ def sample_in_batches(sample, params, prompts: Sequence[np.ndarray], mesh, *, ba
     jitted `sample_tokens` with its model bound) over batches of at most `batch_size`
     prompts, left-padded (`left_padded`'s `width` and `max_width`), each process holding
     its rows; `unconditional` (one prompt, e.g. the empty caption) serves every row for
-    guidance. Rows draw with `row_keys(seed, ...)`: the same seed, the same samples."""
+    guidance. Rows draw with `row_keys(seed, ...)`: the same seed, the same samples.
+    Batches run side by side where that pays (`partitioning.map_batches`)."""
     rows = partitioning.padded_rows(min(len(prompts), batch_size), batch_multiple)
-    outputs = []
-    for start in range(0, len(prompts), rows):
+
+    def sampled(start: int) -> np.ndarray:
         chunk = prompts[start:start + rows]
         batch = {"prompts": left_padded(chunk, rows, width, max_width)}
         if unconditional is not None:
             batch["unconditional"] = left_padded([unconditional] * rows, rows, batch["prompts"].shape[1])
         batch = partitioning.to_global({k: partitioning.process_rows(v) for k, v in batch.items()}, mesh)
         tokens = sample(params, batch.pop("prompts"), row_keys(seed, start, rows), **batch, **settings)
-        outputs.extend(partitioning.all_rows(tokens)[: len(chunk)])
-    return outputs
+        return partitioning.all_rows(tokens)[: len(chunk)]
+
+    return [row for block in partitioning.map_batches(sampled, range(0, len(prompts), rows), mesh)
+            for row in block]

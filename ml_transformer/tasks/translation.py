@@ -209,17 +209,21 @@ class TranslationTask(Task):
     def search(self, params, inputs: list[np.ndarray], beam_size: int, alpha: float | None = None,
                cached: bool = True) -> list[np.ndarray]:
         """Output ids (EOS included) for encoded sources, in order (`translate`; `alpha`
-        defaults to the chosen one). Every batch is dispatched before any output is read, so
-        that XLA compiles a new batch shape while the batches before it decode."""
+        defaults to the chosen one), batches decoded side by side where that pays
+        (`partitioning.map_batches`)."""
         alpha = self.decoding[1] if alpha is None else alpha
+
+        def decoded(batch):
+            tokens = self._translate(params, self._global(batch)["inputs"], alpha=jnp.float32(alpha),
+                                     beam_size=beam_size, cached=cached)
+            return partitioning.all_rows(batch["index"]), partitioning.all_rows(tokens)
+
         outputs = [np.zeros(0, np.int32)] * len(inputs)
         batches = pipeline.eval_batches(
             inputs, inputs, batch_size=self.eval_batch_size, batch_multiple=self.batch_multiple
         )
-        dispatched = [(batch["index"], self._translate(params, self._global(batch)["inputs"], alpha=jnp.float32(alpha),
-                                                       beam_size=beam_size, cached=cached)) for batch in batches]
-        for index, tokens in dispatched:
-            for i, row in zip(partitioning.all_rows(index), partitioning.all_rows(tokens)):
+        for index, tokens in partitioning.map_batches(decoded, batches, self.mesh):
+            for i, row in zip(index, tokens):
                 if i >= 0:
                     outputs[i] = row[: np.count_nonzero(row)]
         return outputs

@@ -10,7 +10,10 @@ run the same code.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import os
+from collections.abc import Callable, Iterable
 
 import jax
 import numpy as np
@@ -86,6 +89,19 @@ def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """This process's rows of a batch → global arrays sharded over every device."""
     sharding = data_sharded(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def map_batches(fn: Callable, batches: Iterable, mesh: Mesh) -> list:
+    """`[fn(batch) for batch in batches]`, where `fn` runs a program and waits for its
+    result. On a mesh of one CPU device, as many batches at a time as the process has cores,
+    each in its own thread: XLA:CPU spreads one program's many small operations (a decoding
+    step's) poorly over the cores, while programs called from several threads run side by
+    side. Elsewhere one batch at a time: the programs of a mesh of several devices must run
+    in the same order on every device and process."""
+    if mesh.devices.size > 1 or mesh.devices.flat[0].platform != "cpu":
+        return [fn(batch) for batch in batches]
+    with concurrent.futures.ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
+        return list(pool.map(fn, batches))
 
 
 def all_rows(x) -> np.ndarray:
