@@ -15,6 +15,8 @@ import warnings
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from ml_transformer import host_memory
+
 config_flags.DEFINE_config_file("config", None, "Experiment config file, optionally with :ARG.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run folder: config, metrics, checkpoints, TensorBoard, eval results.")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "attention", "export", "sweep"], "What to do.")
@@ -81,6 +83,7 @@ def main(argv):
     warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)  # the same writes
     if FLAGS.mode == "sweep":
         return run_sweep()
+    host_memory.keep_freed_memory()  # before JAX starts its backend
     try:
         if FLAGS.distributed:
             import jax

@@ -35,7 +35,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from ml_transformer import main as ml_transformer_main
+from ml_transformer import host_memory, main as ml_transformer_main
 from ml_transformer.data.tokenizer import EOS_ID
 from ml_transformer.tasks import language_model
 from ml_transformer.tasks.generation import left_padded, sample_tokens
@@ -94,7 +94,8 @@ def line(name: str, count: int, seconds: float, tokens: int, compiled: int, comp
 
 
 def main(_):
-    ml_transformer_main.use_compilation_cache()  # as launch.py does
+    host_memory.keep_freed_memory()  # as launch.py does
+    ml_transformer_main.use_compilation_cache()
     config = FLAGS.config
     if config.task == "language_model":
         return sampling(config)

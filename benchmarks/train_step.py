@@ -28,6 +28,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from ml_transformer import host_memory
 from ml_transformer.tasks.translation import TranslationTask
 from ml_transformer.train import loop, partitioning, throughput
 
@@ -98,6 +99,7 @@ def real_data(step, state, task, mesh, rng, count: int) -> str:
 
 
 def main(_):
+    host_memory.keep_freed_memory()  # as launch.py does
     f32 = throughput.matmul_flops(dtype=jnp.float32)
     bf16 = throughput.matmul_flops(dtype=jnp.bfloat16)
     print(f"matmul 2048x2048 through XLA: float32 {f32 / 1e9:,.0f} GFLOP/s, bfloat16 {bf16 / 1e9:,.0f} GFLOP/s "
