@@ -7,8 +7,9 @@ set in again, page by page: on the default translation model one 380 MB block, a
 100,000 page faults per step, 0.16 s of a 0.43 s step. `keep_freed_memory` has JAX run
 CPU programs on the calling thread (the training loop's is the main thread, whose arena
 grows with brk) and glibc keep what is freed: later steps reuse memory already faulted
-in, and the step takes 0.39-0.42 s where it took 0.46-0.48 s side by side. The training loop loses nothing by waiting for
-each step, as a thread prepares the next batch meanwhile; decoding, whose blocks are small, runs as fast as before.
+in, and the step takes 0.39-0.42 s where it took 0.46-0.48 s side by side. The training
+loop loses nothing by waiting for each step, as a thread prepares the next batch
+meanwhile; decoding, whose blocks are small, runs as fast as before.
 """
 
 from __future__ import annotations
