@@ -134,6 +134,13 @@ def test_expand_and_gather_beams():
     assert gathered["index"].shape == () and int(gathered["index"]) == 7
 
 
+def test_argmax_takes_the_first_of_tied_maxima():
+    logits = jnp.array([[1.0, 3.0, 3.0, 0.0], [-jnp.inf] * 4, [0.0, 0.0, 0.0, 5.0]])
+    np.testing.assert_array_equal(decode.argmax(logits), [1, 0, 3])
+    many_ties = jnp.round(jax.random.normal(jax.random.key(0), (2, 50, 4000)), 1)
+    np.testing.assert_array_equal(decode.argmax(many_ties), np.argmax(np.asarray(many_ties), axis=-1))
+
+
 def test_greedy_matches_numpy_argmax_loop():
     max_len, limits = 8, [8, 2, 5]
     out = compiled(decode.greedy_search, TOY, batch_size=3, max_len=max_len, bos_id=BOS,
