@@ -42,6 +42,7 @@ def get_config(arg: str | None = None):
     c.data.character_coverage = config_dict.placeholder(float)
     c.data.max_len = 96  # training pairs longer than this (in subword tokens) are dropped
     c.data.batch_tokens = 2048  # padded tokens per side per training batch (length-bucketed)
+    c.data.length_multiple = 8  # training batches' lengths: multiples of this (padding: 15% of tokens; at 16, 22%)
 
     c.model = {}
     c.model.d_model = 256
@@ -105,6 +106,7 @@ def get_config(arg: str | None = None):
         c.data.vocab_size = 1000  # Korean needs ~900 pieces for its characters alone
         c.data.batch_tokens = 512
         c.data.max_len = 48
+        c.data.length_multiple = 16  # fewer shapes to compile
         run_settings.smoke(c, total_steps=40, warmup_steps=10)
         c.log_every_steps = 10  # not 40 // 3
         c.decode.eval_examples = 16

@@ -52,7 +52,7 @@ def _check_field(path: str, name: str, value) -> None:
             raise ValueError(f"config.{path}={value}: must not be negative")
     elif name in ("learning_rate", "eps", "batch_size", "keep_checkpoints", "micro_batches", "vocab_size",
                   "max_len", "d_model", "d_ff", "num_heads", "image_size", "patch_size", "beam_size", "tune_examples",
-                  "max_new_tokens", "num_samples") or name.endswith(("_steps", "_layers")):
+                  "max_new_tokens", "num_samples", "length_multiple") or name.endswith(("_steps", "_layers")):
         if value <= 0:
             raise ValueError(f"config.{path}={value}: must be positive")
 

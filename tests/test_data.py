@@ -5,13 +5,16 @@ import os
 import re
 
 import grain
+import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import assert_process_shares_make_the_batch
+from conftest import assert_process_shares_make_the_batch, experiment_config
 
 from ml_transformer.data import bible, pipeline, tokenizer
+from ml_transformer.tasks.translation import TranslationTask
+from ml_transformer.train import partitioning
 
 TOTAL_VERSES = 31_102
 
@@ -288,6 +291,14 @@ def test_real_split_batches(tok, en_fr_validation):
     assert kept + ds.num_dropped == len(inputs)
     rows = sum(int((b['targets'] > 0).any(axis=1).sum()) for b in _epoch(ds, 0))
     assert rows == kept
+
+
+def test_translation_batches_are_padded_to_the_configured_length_multiple(trained):
+    workdir, data_dir, _ = trained
+    config = experiment_config('translate_bible', 'smoke')
+    config.data.data_dir, config.data.max_len, config.data.length_multiple = str(data_dir), 32, 8
+    task = TranslationTask(config, str(workdir), partitioning.make_mesh(devices=jax.devices()[:1]))
+    assert task.train_batches().batch_sizes == {8: 64, 16: 32, 24: 21, 32: 16}  # 512 tokens per side
 
 
 # --- pipeline.py: evaluation batches ------------------------------------------------------

@@ -197,6 +197,7 @@ class TranslationTask(Task):
             self._train_batches = pipeline.TrainBatches(
                 inputs, targets, seed=self.config.seed, max_len=d.max_len,
                 batch_tokens=d.batch_tokens, batch_multiple=self.batch_multiple,
+                bucket_boundaries=range(d.length_multiple, d.max_len, d.length_multiple),
             )
             logging.info(
                 "Training data: %d pairs, %d dropped as longer than %d tokens; %d batches per epoch; %s",
