@@ -311,14 +311,14 @@ def test_eval_batches_cover_every_example_once():
     seen = []
     for batch in batches:
         rows, length = batch['inputs'].shape
-        assert rows % 8 == 0 and rows <= 24 and length % 16 == 0
+        assert rows == 24 and length % pipeline.EVAL_LENGTH_MULTIPLE == 0
         assert batch['targets'].shape == (rows, length)
         valid, index = batch['valid'], batch['index']
         assert np.array_equal(valid, index >= 0)
         assert not batch['inputs'][~valid].any() and not batch['targets'][~valid].any()
         assert _check_rows(batch, inputs, targets) == index[valid].tolist()
         seen += index[valid].tolist()
-    assert batches[-1]['valid'].tolist() == [True] * 11 + [False] * 5
+    assert batches[-1]['valid'].tolist() == [True] * 11 + [False] * 13  # the rows of every batch
     longest = np.maximum([len(s) for s in inputs], [len(s) for s in targets])
     assert seen == np.argsort(-longest, kind='stable').tolist()  # Longest first.
 

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import experiment_config
 from ml_transformer import decode
+from ml_transformer.data import pipeline
 from ml_transformer.tasks.translation import TranslationTask
 from ml_transformer.train import loop, partitioning
 
@@ -367,10 +368,10 @@ def test_min_len_forbids_early_eos_in_every_search():
 def test_beam_search_finds_more_likely_translations_than_greedy(trained):
     """On the smoke run's model, beam 4 with no length penalty finds outputs at least as likely
     as greedy's for the large majority of sentences (each search keeps its own path), and
-    more likely on average."""
+    more likely on average; each search compiles once per batch shape."""
     workdir, data_dir, _ = trained
     config = experiment_config("translate_bible", "smoke")
-    config.data.data_dir = str(data_dir)
+    config.data.data_dir, config.batch_size = str(data_dir), 8
     mesh = partitioning.make_mesh(devices=jax.devices()[:1])
     task = TranslationTask(config, str(workdir), mesh)
     params = loop.restore_params(task, config, str(workdir), mesh).params
@@ -385,5 +386,18 @@ def test_beam_search_finds_more_likely_translations_than_greedy(trained):
         picked = jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
         return np.asarray(jnp.sum(picked * (targets > 0), axis=1))
 
-    greedy, beam = (logprob(task.search(params, sources, beam_size, 0.0)) for beam_size in (1, 4))
+    lowered = []
+
+    def count(event, seconds, fun_name=None, **_):
+        lowered.append(event == "/jax/core/compile/jaxpr_to_mlir_module_duration" and fun_name == "jit(translate)")
+
+    jax.monitoring.register_event_duration_secs_listener(count)
+    try:
+        greedy, beam = (logprob(task.search(params, sources, beam_size, 0.0)) for beam_size in (1, 4))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(count)
     assert np.mean(beam >= greedy - 1e-4) >= 0.9 and beam.mean() > greedy.mean()
+    # Each search compiled once per batch shape (ahead of its batches), not once per batch.
+    shapes = {b["inputs"].shape for b in pipeline.eval_batches(sources, sources, batch_size=task.eval_batch_size)}
+    batches = len(pipeline.eval_batches(sources, sources, batch_size=task.eval_batch_size))
+    assert 1 < len(shapes) < batches and sum(lowered) == 2 * len(shapes)

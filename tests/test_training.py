@@ -316,3 +316,32 @@ def test_batches_on_one_cpu_device_run_side_by_side_and_come_back_in_order():
 
     mesh = partitioning.make_mesh(devices=jax.devices()[:1])
     assert partitioning.map_batches(doubled, range(3 * cores), mesh) == [2 * x for x in range(3 * cores)]
+
+
+def test_map_batches_compiles_each_shape_once_ahead_while_earlier_batches_run():
+    """With `compile`: one compilation per shape, in the order batches first need them, on a
+    thread that goes on while batches run (the first batch waits for the last shape's
+    compilation), and no batch runs before its shape is compiled."""
+    batches = [np.ones(shape) for shape in [(2, 3), (2, 3), (2, 5), (2, 3), (1, 5), (2, 5)]]
+    compiled, last_compiled = [], threading.Event()
+
+    def compile(batch):
+        compiled.append(batch.shape)
+        if batch.shape == (1, 5):
+            last_compiled.set()
+
+    def run(batch):
+        assert batch.shape in compiled
+        if batch is batches[0]:
+            assert last_compiled.wait(timeout=60)
+        return batch.size
+
+    mesh = partitioning.make_mesh(devices=jax.devices()[:1])
+    assert partitioning.map_batches(run, batches, mesh, compile=compile) == [b.size for b in batches]
+    assert compiled == [(2, 3), (2, 5), (1, 5)]
+
+    def failed(batch):
+        raise ValueError(f"cannot compile {batch.shape}")
+
+    with pytest.raises(ValueError, match=r"cannot compile \(2, 3\)"):
+        partitioning.map_batches(run, batches, mesh, compile=failed)

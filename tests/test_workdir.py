@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import numpy as np
@@ -20,7 +21,7 @@ import sacrebleu
 from conftest import DECODING, ROOT, STEPS, experiment_config, launch, launch_command, smoke_args
 
 from ml_transformer import evaluate, sweep, workdir as workdirs
-from ml_transformer.data import tokenizer
+from ml_transformer.data import pipeline, tokenizer
 from ml_transformer.tasks.translation import TranslationTask
 from ml_transformer.train import partitioning
 from ml_transformer.train.checkpoints import Checkpoints
@@ -193,7 +194,8 @@ def texts_of_length(tok, lengths):
 
 def test_an_overlong_line_is_cut_to_the_models_limit_with_a_warning_and_the_others_answered(trained):
     workdir, data_dir, _ = trained
-    limit = (256 - 10) // 16 * 16  # the smoke model: max_len 256, extra_len 10, sources padded to 16s
+    # The smoke model: max_len 256, extra_len 10, sources padded to multiples of EVAL_LENGTH_MULTIPLE.
+    limit = (256 - 10) // pipeline.EVAL_LENGTH_MULTIPLE * pipeline.EVAL_LENGTH_MULTIPLE
     fits, too_long = texts_of_length(tokenizer.load_tokenizer(str(workdir / "tokenizer.model")), [limit, limit + 1])
     result = launch(*smoke_args(workdir, data_dir), "--mode=predict", stdin=f"Jesus wept.\n{fits}\n\n{too_long}\n")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -219,8 +221,9 @@ def test_a_sweep_finds_the_final_evaluation_its_runs_write(trained, tmp_path):
 
 
 def prefix_translator(task, encoded_sources, encoded_targets):
-    """A stand-in for the task's compiled search: each source's output is the first half of
-    its own reference, so that BLEU is neither 0 nor 100 and a mix-up of rows shows."""
+    """A stand-in for the task's compiled search (called, or lowered and compiled ahead):
+    each source's output is the first half of its own reference, so that BLEU is neither 0
+    nor 100 and a mix-up of rows shows."""
     table = {tuple(s): np.append(t[: len(t) // 2], tokenizer.EOS_ID) for s, t in zip(encoded_sources, encoded_targets)}
 
     def translate(params, inputs, alpha, beam_size, cached=True):
@@ -232,6 +235,7 @@ def prefix_translator(task, encoded_sources, encoded_targets):
                 out[r, : len(ids)] = ids
         return out
 
+    translate.lower = lambda *args, **kwargs: types.SimpleNamespace(compile=lambda: None)
     return translate, table
 
 

@@ -19,7 +19,9 @@ import numpy as np
 
 from ml_transformer.train import partitioning
 
-EVAL_LENGTH_MULTIPLE = 16
+# Evaluation batch lengths round up to multiples of this: 32 makes the 1,500 verses of a test
+# split 4 shapes to compile where 16 made 6, for 16% more padding.
+EVAL_LENGTH_MULTIPLE = 32
 
 
 def decode_text(value: str | bytes) -> str:
@@ -184,8 +186,7 @@ def _buckets(max_len, batch_tokens, batch_size, batch_multiple, boundaries):
                               batch_tokens // bounds // batch_multiple * batch_multiple)
 
 
-def _eval_batch(inputs, targets, batch_multiple: int, ids: Sequence[int]) -> dict:
-    rows = partitioning.padded_rows(len(ids), batch_multiple)
+def _eval_batch(inputs, targets, rows: int, ids: Sequence[int]) -> dict:
     index = np.full(rows, -1, np.int32)
     index[:len(ids)] = ids
     longest = max(max(len(inputs[i]), len(targets[i])) for i in ids)
@@ -198,13 +199,16 @@ def _eval_batch(inputs, targets, batch_multiple: int, ids: Sequence[int]) -> dic
 
 def eval_batches(inputs: Sequence[np.ndarray], targets: Sequence[np.ndarray], *,
                  batch_size: int, batch_multiple: int = 1) -> grain.MapDataset:
-    """Every example once, longest first, `batch_size` per batch (the last may be smaller).
+    """Every example once, longest first, `batch_size` per batch (the last may hold fewer).
 
-    Besides `inputs` and `targets` (length rounded up to a multiple of 16), a batch has
-    `index` (int32 `[B]`: the example's position in `inputs`, -1 on empty rows) and
-    `valid` (bool `[B]`, False on the empty rows that round B up to `batch_multiple`).
+    Every batch has the same rows, `batch_size` (fewer examples: their number rounded up to
+    `batch_multiple`), so that only lengths vary, rounded up to a multiple of
+    `EVAL_LENGTH_MULTIPLE`: each shape is a program to compile. Besides `inputs` and
+    `targets`, a batch has `index` (int32 `[B]`: the example's position in `inputs`, -1 on
+    empty rows) and `valid` (bool `[B]`, False on empty rows).
     """
     _check_batch_size(batch_size, batch_multiple)
     order = np.argsort(-np.maximum(_lengths(inputs), _lengths(targets)), kind='stable')
+    rows = partitioning.padded_rows(min(batch_size, len(order)), batch_multiple)
     return grain.MapDataset.source(order).batch(
-        batch_size, batch_fn=functools.partial(_eval_batch, inputs, targets, batch_multiple))
+        batch_size, batch_fn=functools.partial(_eval_batch, inputs, targets, rows))

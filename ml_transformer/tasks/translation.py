@@ -210,20 +210,24 @@ class TranslationTask(Task):
     def search(self, params, inputs: list[np.ndarray], beam_size: int, alpha: float | None = None,
                cached: bool = True) -> list[np.ndarray]:
         """Output ids (EOS included) for encoded sources, in order (`translate`; `alpha`
-        defaults to the chosen one), batches decoded side by side where that pays
-        (`partitioning.map_batches`)."""
+        defaults to the chosen one), batches decoded side by side where that pays and each
+        shape compiled ahead (`partitioning.map_batches`)."""
         alpha = self.decoding[1] if alpha is None else alpha
 
+        settings = {"alpha": jnp.float32(alpha), "beam_size": beam_size, "cached": cached}
+
+        def compiled(batch):
+            self._translate.lower(params, self._global(batch)["inputs"], **settings).compile()
+
         def decoded(batch):
-            tokens = self._translate(params, self._global(batch)["inputs"], alpha=jnp.float32(alpha),
-                                     beam_size=beam_size, cached=cached)
+            tokens = self._translate(params, self._global(batch)["inputs"], **settings)
             return partitioning.all_rows(batch["index"]), partitioning.all_rows(tokens)
 
         outputs = [np.zeros(0, np.int32)] * len(inputs)
         batches = pipeline.eval_batches(
             inputs, inputs, batch_size=self.eval_batch_size, batch_multiple=self.batch_multiple
         )
-        for index, tokens in partitioning.map_batches(decoded, batches, self.mesh):
+        for index, tokens in partitioning.map_batches(decoded, batches, self.mesh, compile=compiled):
             for i, row in zip(index, tokens):
                 if i >= 0:
                     outputs[i] = row[: np.count_nonzero(row)]

@@ -91,17 +91,42 @@ def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
-def map_batches(fn: Callable, batches: Iterable, mesh: Mesh) -> list:
+def map_batches(fn: Callable, batches: Iterable, mesh: Mesh, compile: Callable | None = None) -> list:
     """`[fn(batch) for batch in batches]`, where `fn` runs a program and waits for its
     result. On a mesh of one CPU device, as many batches at a time as the process has cores,
     each in its own thread: XLA:CPU spreads one program's many small operations (a decoding
     step's) poorly over the cores, while programs called from several threads run side by
     side. Elsewhere one batch at a time: the programs of a mesh of several devices must run
-    in the same order on every device and process."""
-    if mesh.devices.size > 1 or mesh.devices.flat[0].platform != "cpu":
-        return [fn(batch) for batch in batches]
-    with concurrent.futures.ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
-        return list(pool.map(fn, batches))
+    in the same order on every device and process.
+
+    `compile(batch)`, if given, compiles the program `fn` runs on batches of that batch's
+    shapes: a thread then compiles each shape once, ahead, in the order the batches first
+    need it, while batches of shapes already compiled run, and a batch waits only for its
+    own shape's program."""
+    batches = list(batches)
+    compiler = concurrent.futures.ThreadPoolExecutor(1)
+    compiled = {}
+    if compile is not None:
+        for batch in batches:
+            if _shapes(batch) not in compiled:
+                compiled[_shapes(batch)] = compiler.submit(compile, batch)
+
+    def run(batch):
+        if compiled:
+            compiled[_shapes(batch)].result()  # raises the compilation's error, if any
+        return fn(batch)
+
+    try:
+        if mesh.devices.size > 1 or mesh.devices.flat[0].platform != "cpu":
+            return [run(batch) for batch in batches]
+        with concurrent.futures.ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
+            return list(pool.map(run, batches))
+    finally:
+        compiler.shutdown(cancel_futures=True)
+
+
+def _shapes(batch) -> tuple:
+    return tuple(np.shape(x) for x in jax.tree.leaves(batch))
 
 
 def all_rows(x) -> np.ndarray:
