@@ -3,6 +3,8 @@ not a user."""
 
 import re
 
+import pytest
+
 from conftest import run_benchmark as run, smoke_args
 
 
@@ -41,12 +43,14 @@ def test_classifier_baselines_fit_the_classical_rows():
     assert "SVC" in result.stdout
 
 
-def test_the_pytorch_reference_says_where_it_runs_when_torch_is_missing():
-    result = run("pytorch_marian.py", "--steps=1")
+@pytest.mark.parametrize("script, args", [("pytorch_marian.py", ["--steps=1"]),
+                                          ("pytorch_generate.py", ["--export=missing", "--count=1"])])
+def test_the_pytorch_references_say_where_they_run_when_torch_is_missing(script, args):
+    result = run(script, *args)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "error: torch is not installed; this reference runs in a separate venv with torch and transformers "
-        "(see the docstring of benchmarks/pytorch_marian.py)"]
+        f"(see the docstring of benchmarks/{script})"]
 
 
 def test_ngram_baseline_reports_bits_per_character_on_validation_and_test(tfds_dir):
