@@ -59,11 +59,8 @@ def main(_):
     ids = tokenizer(sources[: FLAGS.count or len(sources)])["input_ids"]
     ids.sort(key=len, reverse=True)
     pad = tokenizer.pad_token_id
-    batches = []
-    for start in range(0, len(ids), config.batch_size):
-        rows = ids[start:start + config.batch_size]
-        width = len(rows[0])
-        batches.append(torch.tensor([row + [pad] * (width - len(row)) for row in rows]))
+    batches = [tokenizer.pad({"input_ids": ids[start:start + config.batch_size]}, return_tensors="pt")["input_ids"]
+               for start in range(0, len(ids), config.batch_size)]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {FLAGS.split}: {len(ids)} sentences in "
           f"batches of {config.batch_size}", flush=True)
     for name, beam_size in [("greedy", 1), (f"beam {FLAGS.beam_size}", FLAGS.beam_size)]:

@@ -398,6 +398,6 @@ def test_beam_search_finds_more_likely_translations_than_greedy(trained):
         jax.monitoring.unregister_event_duration_listener(count)
     assert np.mean(beam >= greedy - 1e-4) >= 0.9 and beam.mean() > greedy.mean()
     # Each search compiled once per batch shape (ahead of its batches), not once per batch.
-    shapes = {b["inputs"].shape for b in pipeline.eval_batches(sources, sources, batch_size=task.eval_batch_size)}
-    batches = len(pipeline.eval_batches(sources, sources, batch_size=task.eval_batch_size))
-    assert 1 < len(shapes) < batches and sum(lowered) == 2 * len(shapes)
+    batches = list(pipeline.eval_batches(sources, sources, batch_size=task.eval_batch_size))
+    shapes = {batch["inputs"].shape for batch in batches}
+    assert 1 < len(shapes) < len(batches) and sum(lowered) == 2 * len(shapes)

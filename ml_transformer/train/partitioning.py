@@ -108,8 +108,9 @@ def map_batches(fn: Callable, batches: Iterable, mesh: Mesh, compile: Callable |
     compiled = {}
     if compile is not None:
         for batch in batches:
-            if _shapes(batch) not in compiled:
-                compiled[_shapes(batch)] = compiler.submit(compile, batch)
+            shapes = _shapes(batch)
+            if shapes not in compiled:
+                compiled[shapes] = compiler.submit(compile, batch)
 
     def run(batch):
         if compiled:
