@@ -84,6 +84,9 @@ def main(argv):
     if FLAGS.mode == "sweep":
         return run_sweep()
     host_memory.keep_freed_memory()  # before JAX starts its backend
+    from ml_transformer import onednn
+
+    onednn.use_bfloat16_dots()  # before the first oneDNN dot
     try:
         if FLAGS.distributed:
             import jax

@@ -1,7 +1,7 @@
 """Reference: the default translation model's train step in PyTorch (`transformers.MarianMTModel`).
 
   .venv-torch/bin/python benchmarks/pytorch_marian.py [--config=experiments/translate_bible.py]
-      [--steps=20] [--nofixed] [--noreal] [--config.KEY=VALUE ...]
+      [--steps=20] [--nofixed] [--noreal] [--float32_matmul_precision=highest|medium] [--config.KEY=VALUE ...]
 
 Optional, and not a project dependency: it runs from a separate venv with PyTorch,
 transformers and the project itself, e.g.
@@ -16,8 +16,9 @@ scaled by √d_model, sinusoidal positions (sin and cos in halves, not interleav
 Marian is post-LN (our default is pre-LN with a final LayerNorm per stack) and adds a zero
 `final_logits_bias` buffer to the logits. Same loss (label smoothing over the V - 1 other
 tokens, padding ignored) and optimizer (Adam with the 'transformer' schedule), float32
-(torch's default), on all CPU cores. Two measurements, each after 2 warm-up steps on a
-fresh model:
+(torch's default; `--float32_matmul_precision=medium` computes matmuls from bfloat16 inputs,
+as our train step does on x86 CPUs), on all CPU cores. Two measurements, each after 2
+warm-up steps on a fresh model:
 
   fixed: median seconds per train step (forward, loss, backward, Adam step) on one random
     batch of 64 rows x 32 tokens per side, without padding: `benchmarks/train_step.py`'s
@@ -54,6 +55,9 @@ config_flags.DEFINE_config_file("config", "experiments/translate_bible.py", "Exp
 flags.DEFINE_integer("steps", 20, "Timed steps per measurement.")
 flags.DEFINE_bool("fixed", True, "Time a fixed random batch of 64 x 32 tokens.")
 flags.DEFINE_bool("real", True, "Time the first --steps training batches of the real corpus.")
+flags.DEFINE_enum("float32_matmul_precision", "highest", ["highest", "medium"],
+                  "torch.set_float32_matmul_precision: 'medium' computes float32 matmuls from bfloat16 "
+                  "inputs, as this project's train step does on x86 CPUs by default.")
 FLAGS = flags.FLAGS
 WARMUP_STEPS = 2
 
@@ -130,9 +134,11 @@ def time_real(config, steps: int) -> float:
 
 def main(_):
     torch.set_num_threads(os.cpu_count())
+    torch.set_float32_matmul_precision(FLAGS.float32_matmul_precision)
     config = FLAGS.config.copy_and_resolve_references()
     print(f"Marian (post-LN; the config has pre_ln={config.model.pre_ln}), "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32 matmul precision "
+          f"{FLAGS.float32_matmul_precision}", flush=True)
     if FLAGS.fixed:
         print(f"pytorch fixed 64x32: {time_fixed(config, FLAGS.steps):.3f} s/step", flush=True)
     if FLAGS.real:

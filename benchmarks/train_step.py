@@ -4,17 +4,20 @@ cores' matmul figure, and whether the input pipeline keeps up with the step.
   python benchmarks/train_step.py [--config=experiments/translate_bible.py] [--rows=64] [--length=32] \
       [--steps=5] [--data_steps=40] [--variant='name:model.d_ff=1024,...' ...] [--config.KEY=VALUE ...]
 
-First the figure the step is compared with: a dense 2048 x 2048 matmul through XLA, in float32
-and in bfloat16. Then, per variant (config overrides; by default the config as it is), the
-training loop's own step (`loop.compile_train_step`) on a fixed batch of `--rows` x `--length`
-tokens per side: median seconds per step, FLOPs of the compiled step (XLA's cost analysis),
-FLOP/s and their share of the float32 matmul figure. With `--data_steps` N > 0, the first
-variant then trains N steps on the corpus's own batches, read as the loop reads them
-(`loop.read_ahead`: a thread prepares the next batch while the step runs), and the same N
-batches already on the device: the first time over the second is what the input pipeline
-costs (goal: at most 1.05). Beside it: the time to produce one batch on the host, and the
-non-padding source+target tokens per second (the figure `benchmarks/pytorch_marian.py` gives
-for PyTorch).
+As in launch.py, float32 dots take bfloat16 inputs on x86 CPUs (`onednn.use_bfloat16_dots`;
+JAX_DEFAULT_MATMUL_PRECISION=highest keeps float32). First the figure the step is compared
+with: a dense 2048 x 2048 matmul through XLA, compiled as the step is
+(`onednn.compiler_options`), in float32 and in bfloat16. Then, per variant (config
+overrides; by default the config as it is), the training loop's own step
+(`loop.compile_train_step`) on a fixed batch of `--rows` x `--length` tokens per side:
+median seconds per step, FLOPs of the compiled step (XLA's cost analysis), FLOP/s and their
+share of the float32 matmul figure. With `--data_steps` N > 0, the first variant then trains
+N steps on the corpus's own batches, read as the loop reads them (`loop.read_ahead`: a
+thread prepares the next batch while the step runs), and the same N batches already on the
+device: the first time over the second is what the input pipeline costs (goal: at most
+1.05). Beside it: the time to produce one batch on the host, and the non-padding
+source+target tokens per second (the figure `benchmarks/pytorch_marian.py` gives for
+PyTorch).
 """
 
 import functools
@@ -28,7 +31,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from ml_transformer import host_memory
+from ml_transformer import host_memory, onednn
 from ml_transformer.tasks.translation import TranslationTask
 from ml_transformer.train import loop, partitioning, throughput
 
@@ -100,6 +103,7 @@ def real_data(step, state, task, mesh, rng, count: int) -> str:
 
 def main(_):
     host_memory.keep_freed_memory()  # as launch.py does
+    onednn.use_bfloat16_dots()  # as launch.py does
     f32 = throughput.matmul_flops(dtype=jnp.float32)
     bf16 = throughput.matmul_flops(dtype=jnp.bfloat16)
     print(f"matmul 2048x2048 through XLA: float32 {f32 / 1e9:,.0f} GFLOP/s, bfloat16 {bf16 / 1e9:,.0f} GFLOP/s "

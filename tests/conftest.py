@@ -44,9 +44,10 @@ def tfds_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, tfds_dir):
-    """(workdir, data dir, launch result) of the translation smoke run on one device."""
+    """(workdir, data dir, launch result) of the translation smoke run on one device, with
+    float32 dots: runs of other device layouts are compared with it."""
     workdir, data_dir = tmp_path_factory.mktemp("run"), tfds_dir
-    result = launch(*smoke_args(workdir, data_dir))
+    result = launch(*smoke_args(workdir, data_dir), env=FLOAT32_DOTS)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir, data_dir, result
 
@@ -78,9 +79,15 @@ def experiment_config(name: str, arg: str | None = None):
     return module.get_config(arg)
 
 
+# Runs that are compared across device layouts, processes or restarts to float32 rounding
+# use float32 dots: rounding the dots' inputs to bfloat16 (the default on x86 CPUs) turns
+# last-bit differences of summation order into bfloat16-sized ones.
+FLOAT32_DOTS = {"JAX_DEFAULT_MATMUL_PRECISION": "highest"}
+
+
 def cpu_devices(count: int) -> dict:
-    """The environment variable that gives a process `count` CPU devices."""
-    return {"XLA_FLAGS": f"--xla_force_host_platform_device_count={count}"}
+    """The environment variables of a process with `count` CPU devices and float32 dots."""
+    return {"XLA_FLAGS": f"--xla_force_host_platform_device_count={count}", **FLOAT32_DOTS}
 
 
 def start_processes(logdir, *args, count: int, devices: int) -> list[subprocess.Popen]:

@@ -3,8 +3,10 @@
 import functools
 import json
 import os
+import platform
 import re
 import threading
+import types
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +15,7 @@ import numpy as np
 import optax
 import pytest
 
+from ml_transformer import onednn
 from ml_transformer.data.pipeline import TrainBatches
 from ml_transformer.decode import beam_search
 from ml_transformer.models.seq2seq import Seq2Seq, Seq2SeqConfig
@@ -126,8 +129,8 @@ def test_label_smoothed_loss_matches_formula():
 
 
 # (loss, NLL, correct tokens) of the first 8 steps below, as computed before the train step
-# was made faster (loss and metrics without a vocabulary-sized log-softmax array): speed work
-# must leave the numbers equal within float32 rounding.
+# was made faster (loss and metrics without a vocabulary-sized log-softmax array, oneDNN's
+# dots on x86 CPUs): speed work must leave the numbers equal within float32 rounding.
 LOSS_CURVE = [(4.010782, 4.743943, 0), (3.551208, 4.250946, 2), (3.173442, 3.838890, 5), (2.894885, 3.528856, 4),
               (2.627312, 3.215509, 8), (2.380105, 2.918432, 9), (2.197315, 2.683334, 9), (2.307538, 2.815220, 12)]
 
@@ -143,13 +146,25 @@ def test_fixed_seed_loss_curve_is_unchanged_by_speed_work():
              for i, key in enumerate(("inputs", "targets"))}
     state = TrainState.create(model.init(jax.random.key(0), batch["inputs"], batch["targets"])["params"], tx)
     step = jax.jit(functools.partial(train_step, loss_fn=functools.partial(seq2seq_loss, model, 0.1), tx=tx,
-                                     unit="tokens"))
+                                     unit="tokens"), compiler_options=onednn.compiler_options())
     for expected in LOSS_CURVE:
         state, sums = step(state, batch, jax.random.key(1))
         tokens = float(sums["tokens"])
         np.testing.assert_allclose([sums["loss_sum"] / tokens, sums["nll_sum"] / tokens], expected[:2], rtol=2e-6)
         assert int(sums["correct"]) == expected[2]
 
+
+def test_train_step_hands_its_dots_to_onednn_on_x86_cpus_only(mesh, monkeypatch):
+    task, config = ReverseTask(dropout_rate=0.0), toy_config(1)
+    tx, _, abstract, init = loop.build_state(task, config, mesh)
+    step = loop.compile_train_step(task, config, mesh, tx, abstract)
+    step(init(), partitioning.to_global(task.train_batches()[0], mesh), jax.random.key(0))
+    (compiled, _), = step.compiled.values()
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    assert ("onednn" in compiled.as_text()) == x86
+    assert onednn.compiler_options([types.SimpleNamespace(platform="gpu")]) is None
+    monkeypatch.setattr(onednn.platform, "machine", lambda: "aarch64")
+    assert onednn.compiler_options(jax.devices("cpu")) is None
 
 def test_tiny_model_memorizes_and_beam_search_returns_targets(tmp_path, mesh):
     task = ReverseTask(dropout_rate=0.0)

@@ -18,7 +18,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ml_transformer import interop
+from ml_transformer import interop, onednn
 from ml_transformer.train import partitioning, throughput
 from ml_transformer.train.checkpoints import BEST, BestCheckpoint, Checkpoints, fit_params
 from ml_transformer.train.losses import summarize
@@ -51,7 +51,8 @@ def compile_train_step(task, config, mesh, tx, abstract) -> throughput.CompiledP
     shardings = jax.tree.map(lambda x: x.sharding, abstract)
     repl, data = partitioning.replicated(mesh), partitioning.data_sharded(mesh)
     step = functools.partial(train_step, loss_fn=task.loss_fn, tx=tx, unit=task.unit, micro_batches=config.micro_batches)
-    jitted = jax.jit(step, in_shardings=(shardings, data, repl), out_shardings=(shardings, repl), donate_argnums=0)
+    jitted = jax.jit(step, in_shardings=(shardings, data, repl), out_shardings=(shardings, repl), donate_argnums=0,
+                     compiler_options=onednn.compiler_options(list(mesh.devices.flat)))
     return throughput.CompiledPerShape(jitted, mesh.size)
 
 

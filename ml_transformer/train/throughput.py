@@ -1,7 +1,8 @@
 """FLOPs of compiled steps and model FLOP utilization (MFU): achieved FLOP/s over peak.
 
 An accelerator's peak is its dense bfloat16 figure from `PEAK_FLOPS`; a CPU's is measured:
-a dense 2048 x 2048 float32 matmul through XLA on the same cores (`matmul_flops`).
+a dense 2048 x 2048 float32 matmul through XLA on the same cores, compiled as train steps
+are (`matmul_flops`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import time
 
 import jax
 import jax.numpy as jnp
+
+from ml_transformer import onednn
 
 # Dense bfloat16 peak FLOP/s per chip, by a substring of `device.device_kind` (first match).
 PEAK_FLOPS = (
@@ -50,9 +53,10 @@ class CompiledPerShape:
 
 @functools.cache
 def matmul_flops(size: int = 2048, dtype=jnp.float32, repeats: int = 5) -> float:
-    """FLOP/s of the fastest of `repeats` dense `size` x `size` matmuls through XLA."""
+    """FLOP/s of the fastest of `repeats` dense `size` x `size` matmuls through XLA,
+    compiled with the train step's `onednn.compiler_options`."""
     x = jnp.ones((size, size), dtype)
-    matmul = jax.jit(jnp.matmul)
+    matmul = jax.jit(jnp.matmul, compiler_options=onednn.compiler_options())
     jax.block_until_ready(matmul(x, x))
     best = float("inf")
     for _ in range(repeats):
