@@ -29,8 +29,8 @@ def use_compilation_cache() -> None:
     if not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", COMPILATION_CACHE)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # decoding's programs take ~1 s each
-    # XLA cannot write programs with oneDNN's dots (train steps on x86 CPUs:
-    # `onednn.compiler_options`) to the cache: they compile in every run, without a warning each.
+    # XLA cannot write programs with oneDNN's dots (train steps on x86 CPUs: `onednn.jit`) to
+    # the cache: they compile in every run, without a warning each.
     warnings.filterwarnings("ignore", "Error writing persistent compilation cache entry .*onednn")
 
 

@@ -1,11 +1,13 @@
 """oneDNN's dots on x86 CPUs: the XLA options that hand them over, and their precision.
 
-Programs compiled with `compiler_options()` (train steps, and the matmul that their MFU is
-measured against) have XLA:CPU hand each dot to oneDNN, the library behind PyTorch's CPU
-kernels, instead of its own kernels: the default translation model trains on 5-7% more
+Programs compiled by `jit` (train steps, and the matmul that their MFU is measured
+against) have XLA:CPU hand each dot to oneDNN, the library behind PyTorch's CPU kernels,
+instead of its own kernels: at float32 the default translation model trains on 5-7% more
 tokens per second, within float32 rounding. Dots go one at a time; oneDNN's fusion of dots
 with their neighbours ('dot' instead of 'individual dot') aborts on the train step
-("partition compile failed").
+("partition compile failed"). XLA cannot write such programs to the persistent compilation
+cache: they compile in every process. Evaluation steps and searches keep XLA's kernels and
+that cache (README, Speed).
 
 `use_bfloat16_dots()`, which launch.py calls, has oneDNN compute those float32 dots from
 inputs rounded to bfloat16, with float32 sums, on AMX tiles where the CPU has them: what
@@ -37,6 +39,11 @@ def compiler_options(devices=None) -> dict | None:
     """XLA options for compiling train steps on `devices`: `X86_CPU_OPTIONS` on x86 CPUs."""
     devices = devices or jax.devices()
     return dict(X86_CPU_OPTIONS) if devices[0].platform == "cpu" and _x86() else None
+
+
+def jit(fun, *, devices=None, **kwargs):
+    """`jax.jit(fun, **kwargs)` compiled with `compiler_options(devices)`."""
+    return jax.jit(fun, compiler_options=compiler_options(devices), **kwargs)
 
 
 def use_bfloat16_dots() -> bool:

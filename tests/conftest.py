@@ -12,6 +12,11 @@ os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jax-cache-")
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+# Float32 dots here and in every launch.py: the tests compare runs across device layouts,
+# processes and restarts, and with computations in this process, to float32 rounding, which
+# rounding the dots' inputs to bfloat16 (launch.py's default on x86 CPUs) would exceed.
+# tests/test_onednn.py checks that default.
+os.environ["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
 import socket
 import subprocess
 import sys
@@ -44,10 +49,9 @@ def tfds_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, tfds_dir):
-    """(workdir, data dir, launch result) of the translation smoke run on one device, with
-    float32 dots: runs of other device layouts are compared with it."""
+    """(workdir, data dir, launch result) of the translation smoke run on one device."""
     workdir, data_dir = tmp_path_factory.mktemp("run"), tfds_dir
-    result = launch(*smoke_args(workdir, data_dir), env=FLOAT32_DOTS)
+    result = launch(*smoke_args(workdir, data_dir))
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir, data_dir, result
 
@@ -79,15 +83,9 @@ def experiment_config(name: str, arg: str | None = None):
     return module.get_config(arg)
 
 
-# Runs that are compared across device layouts, processes or restarts to float32 rounding
-# use float32 dots: rounding the dots' inputs to bfloat16 (the default on x86 CPUs) turns
-# last-bit differences of summation order into bfloat16-sized ones.
-FLOAT32_DOTS = {"JAX_DEFAULT_MATMUL_PRECISION": "highest"}
-
-
 def cpu_devices(count: int) -> dict:
-    """The environment variables of a process with `count` CPU devices and float32 dots."""
-    return {"XLA_FLAGS": f"--xla_force_host_platform_device_count={count}", **FLOAT32_DOTS}
+    """The environment variable that gives a process `count` CPU devices."""
+    return {"XLA_FLAGS": f"--xla_force_host_platform_device_count={count}"}
 
 
 def start_processes(logdir, *args, count: int, devices: int) -> list[subprocess.Popen]:

@@ -199,7 +199,7 @@ def lm_args(workdir, data_dir, *more):
 
 def test_language_model_modes_and_eight_devices_train_as_one(tmp_path, tfds_dir):
     workdir = tmp_path / "one"
-    result = launch(*lm_args(workdir, tfds_dir), env=cpu_devices(1))
+    result = launch(*lm_args(workdir, tfds_dir))
     assert result.returncode == 0, result.stderr[-3000:]
     test = json.loads((workdir / "eval" / "test-4.json").read_text())
     assert test["characters"] == 199819 and 0 < test["bits_per_char"] < 12

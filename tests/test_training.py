@@ -145,8 +145,8 @@ def test_fixed_seed_loss_curve_is_unchanged_by_speed_work():
     batch = {key: jnp.asarray(np.where(np.arange(12) < lengths[i][:, None], tokens[i], 0))
              for i, key in enumerate(("inputs", "targets"))}
     state = TrainState.create(model.init(jax.random.key(0), batch["inputs"], batch["targets"])["params"], tx)
-    step = jax.jit(functools.partial(train_step, loss_fn=functools.partial(seq2seq_loss, model, 0.1), tx=tx,
-                                     unit="tokens"), compiler_options=onednn.compiler_options())
+    step = onednn.jit(functools.partial(train_step, loss_fn=functools.partial(seq2seq_loss, model, 0.1), tx=tx,
+                                        unit="tokens"))
     for expected in LOSS_CURVE:
         state, sums = step(state, batch, jax.random.key(1))
         tokens = float(sums["tokens"])

@@ -51,8 +51,8 @@ def compile_train_step(task, config, mesh, tx, abstract) -> throughput.CompiledP
     shardings = jax.tree.map(lambda x: x.sharding, abstract)
     repl, data = partitioning.replicated(mesh), partitioning.data_sharded(mesh)
     step = functools.partial(train_step, loss_fn=task.loss_fn, tx=tx, unit=task.unit, micro_batches=config.micro_batches)
-    jitted = jax.jit(step, in_shardings=(shardings, data, repl), out_shardings=(shardings, repl), donate_argnums=0,
-                     compiler_options=onednn.compiler_options(list(mesh.devices.flat)))
+    jitted = onednn.jit(step, devices=list(mesh.devices.flat), in_shardings=(shardings, data, repl),
+                        out_shardings=(shardings, repl), donate_argnums=0)
     return throughput.CompiledPerShape(jitted, mesh.size)
 
 
