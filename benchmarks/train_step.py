@@ -7,7 +7,7 @@ cores' matmul figure, and whether the input pipeline keeps up with the step.
 As in launch.py, float32 dots take bfloat16 inputs on x86 CPUs (`onednn.use_bfloat16_dots`;
 JAX_DEFAULT_MATMUL_PRECISION=highest keeps float32). First the figure the step is compared
 with: a dense 2048 x 2048 matmul through XLA, compiled as the step is
-(`onednn.compiler_options`), in float32 and in bfloat16. Then, per variant (config
+(`onednn.jit`), in float32 and in bfloat16. Then, per variant (config
 overrides; by default the config as it is), the training loop's own step
 (`loop.compile_train_step`) on a fixed batch of `--rows` x `--length` tokens per side:
 median seconds per step, FLOPs of the compiled step (XLA's cost analysis), FLOP/s and their
