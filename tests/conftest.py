@@ -17,6 +17,10 @@ atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_e
 # rounding the dots' inputs to bfloat16 (launch.py's default on x86 CPUs) would exceed.
 # tests/test_onednn.py checks that default.
 os.environ["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
+# XLA's own kernels here and in every launch.py: unlike programs with oneDNN's dots (train
+# steps on x86 CPUs), theirs are kept in the compilation cache above. tests/test_onednn.py
+# and the oneDNN tests of test_training.py turn this off.
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_use_onednn=false".lstrip()
 import socket
 import subprocess
 import sys
@@ -42,9 +46,30 @@ def smoke_args(workdir, data_dir) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def tfds_dir(tmp_path_factory):
-    """One TFDS data folder for the session: the Bible corpus is prepared there once."""
-    return tmp_path_factory.mktemp("tfds")
+def tfds_dir(tmp_path_factory, worker_id):
+    """One TFDS data folder for the session, shared by pytest-xdist's workers: each corpus and
+    tokenizer is prepared there once, or by two workers at once, which runs may do
+    (`data.builders.prepared`; tokenizers are written by renaming)."""
+    if worker_id == "master":  # no workers
+        return tmp_path_factory.mktemp("tfds")
+    shared = tmp_path_factory.getbasetemp().parent / "tfds"
+    shared.mkdir(exist_ok=True)
+    return shared
+
+
+# Fixtures that train a run (or a tokenizer) which several tests read.
+SHARED_RUNS = ("trained", "digits_run", "reference_run", "verses")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items):
+    """The tests that read one of the `SHARED_RUNS` form a group, which `--dist loadgroup`
+    (pyproject.toml) gives to one worker: the run is made once, and no test of another
+    worker writes into its workdir while one of them checks it."""
+    for item in items:
+        used = [name for name in SHARED_RUNS if name in getattr(item, "fixturenames", ())]
+        if used:
+            item.add_marker(pytest.mark.xdist_group(used[0]))
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +110,7 @@ def experiment_config(name: str, arg: str | None = None):
 
 def cpu_devices(count: int) -> dict:
     """The environment variable that gives a process `count` CPU devices."""
-    return {"XLA_FLAGS": f"--xla_force_host_platform_device_count={count}"}
+    return {"XLA_FLAGS": f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count={count}"}
 
 
 def start_processes(logdir, *args, count: int, devices: int) -> list[subprocess.Popen]:

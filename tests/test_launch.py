@@ -70,14 +70,14 @@ def test_rerun_after_the_last_step_resumes_without_training(trained):
     assert (workdir / "metrics.jsonl").read_text() == before  # no step trained, nothing logged again
 
 
-def test_two_processes_of_four_devices_with_sharded_parameters_train_and_translate_as_one(trained, tmp_path):
-    """Bucketed batches, beam search and gathered translations over a 2 x 4 data x fsdp mesh
+def test_two_processes_of_two_devices_with_sharded_parameters_train_and_translate_as_one(trained, tmp_path):
+    """Bucketed batches, beam search and gathered translations over a 2 x 2 data x fsdp mesh
     of two processes: each reads half of every batch (the same batches as one device);
     process 0 gathers the translations and alone reports; the workdir is held once, by
     process 0."""
     workdir, data_dir, _ = trained
     outputs = launch_processes(tmp_path, *smoke_args(tmp_path, data_dir), "--config.mesh.data=2",
-                               "--config.mesh.fsdp=4", "--config.eval_every_steps=1000", count=2, devices=4)
+                               "--config.mesh.fsdp=2", "--config.eval_every_steps=1000", count=2, devices=2)
     assert "test @ step 6" in outputs[0] and "test @ step" not in outputs[1]
     assert_same_run(workdir, tmp_path)
 

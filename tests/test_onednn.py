@@ -19,11 +19,12 @@ exact = x.astype(np.float64) @ x
 out = np.asarray(onednn.jit(jnp.matmul)(x, x))
 print(applied, np.abs(out - exact).max() / np.abs(exact).max())
 """
-SETTINGS = ("JAX_DEFAULT_MATMUL_PRECISION", "ONEDNN_DEFAULT_FPMATH_MODE")
+SETTINGS = ("JAX_DEFAULT_MATMUL_PRECISION", "ONEDNN_DEFAULT_FPMATH_MODE", "XLA_FLAGS")
 
 
 @pytest.mark.parametrize("env, bfloat16", [({}, True), ({"JAX_DEFAULT_MATMUL_PRECISION": "highest"}, False),
-                                           ({"ONEDNN_DEFAULT_FPMATH_MODE": "STRICT"}, False)])
+                                           ({"ONEDNN_DEFAULT_FPMATH_MODE": "STRICT"}, False),
+                                           ({"XLA_FLAGS": "--xla_cpu_use_onednn=false"}, False)])
 def test_float32_dots_take_bfloat16_inputs_unless_the_environment_asks_for_float32(env, bfloat16):
     environ = {key: value for key, value in os.environ.items() if key not in SETTINGS} | env | {"JAX_PLATFORMS": "cpu"}
     result = subprocess.run([sys.executable, "-c", MATMUL_ERROR], env=environ, capture_output=True, text=True)

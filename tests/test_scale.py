@@ -20,11 +20,14 @@ from ml_transformer.train.checkpoints import Checkpoints
 STEPS = 40
 
 
-def run_args(workdir, data_dir, *extra):
+def run_args(workdir, data_dir, *extra, checkpoint_every_steps=STEPS):
+    """Runs saved only at the end unless they are to be interrupted: a save takes about as
+    long as a step of this model on eight devices."""
     return [
         "--config=experiments/vit_digits.py:smoke", f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
-        f"--config.total_steps={STEPS}", "--config.log_every_steps=1", "--config.checkpoint_every_steps=2",
-        f"--config.eval_every_steps={STEPS}", "--config.keep_checkpoints=3", "--config.data.mixup_alpha=0.2", *extra,
+        f"--config.total_steps={STEPS}", "--config.log_every_steps=1",
+        f"--config.checkpoint_every_steps={checkpoint_every_steps}", f"--config.eval_every_steps={STEPS}",
+        "--config.keep_checkpoints=3", "--config.data.mixup_alpha=0.2", *extra,
     ]
 
 
@@ -71,15 +74,10 @@ def wait_for_checkpoint(directory, step, processes):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("tfds")
-
-
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory, data_dir):
+def reference_run(tmp_path_factory, tfds_dir):
     """One uninterrupted run on one device, profiled at steps 3-4."""
     workdir = tmp_path_factory.mktemp("one_device")
-    result = launch(*run_args(workdir, data_dir, "--profile_steps=3:5"), env=cpu_devices(1))
+    result = launch(*run_args(workdir, tfds_dir, "--profile_steps=3:5"), env=cpu_devices(1))
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir
 
@@ -95,16 +93,16 @@ def test_profile_steps_write_a_trace_for_tensorboard(reference_run):
 
 @pytest.mark.parametrize("mesh", [["--config.mesh.data=8"], ["--config.mesh.data=2", "--config.mesh.fsdp=4"]],
                          ids=["data8", "data2-fsdp4"])
-def test_eight_devices_train_as_one(tmp_path, data_dir, reference, mesh):
-    result = launch(*run_args(tmp_path, data_dir, *mesh), env=cpu_devices(8))
+def test_eight_devices_train_as_one(tmp_path, tfds_dir, reference, mesh):
+    result = launch(*run_args(tmp_path, tfds_dir, *mesh), env=cpu_devices(8))
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_run(final(tmp_path), reference, atol=1e-5)
 
 
-def test_two_processes_stopped_by_sigterm_resume_and_train_as_one(tmp_path, data_dir, reference):
+def test_two_processes_stopped_by_sigterm_resume_and_train_as_one(tmp_path, tfds_dir, reference):
     """SIGTERM to one process (once checkpoint 6 exists) stops both after the same step,
     with a checkpoint; two new processes resume from it."""
-    args = run_args(tmp_path, data_dir, "--config.mesh.data=4", "--config.mesh.fsdp=2")
+    args = run_args(tmp_path, tfds_dir, "--config.mesh.data=4", "--config.mesh.fsdp=2", checkpoint_every_steps=6)
     processes = start_processes(tmp_path, *args, count=2, devices=4)
     wait_for_checkpoint(tmp_path / "checkpoints", 6, processes)
     processes[1].send_signal(signal.SIGTERM)
@@ -116,17 +114,17 @@ def test_two_processes_stopped_by_sigterm_resume_and_train_as_one(tmp_path, data
     assert_same_run(final(tmp_path), reference, atol=1e-5)
 
 
-def test_runs_stopped_by_sigterm_and_killed_by_sigkill_resume_to_the_same_end(tmp_path, data_dir, reference):
+def test_runs_stopped_by_sigterm_and_killed_by_sigkill_resume_to_the_same_end(tmp_path, tfds_dir, reference):
     """Stops: SIGTERM once checkpoint 4 exists, then SIGKILL at random moments after
     checkpoints 14 and 26; each restart resumes."""
     rng = random.Random(0)
     stops = [(4, signal.SIGTERM), (14, signal.SIGKILL), (26, signal.SIGKILL)]
     checkpoints = tmp_path / "checkpoints"
+    args = run_args(tmp_path, tfds_dir, checkpoint_every_steps=2)
     for n, (after, sig) in enumerate(stops):
         log = tmp_path / f"start{n}.log"
         with log.open("w") as out:
-            process = subprocess.Popen(launch_command(*run_args(tmp_path, data_dir)), cwd=ROOT,
-                                       stdout=subprocess.DEVNULL, stderr=out)
+            process = subprocess.Popen(launch_command(*args), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=out)
         process.log = log
         wait_for_checkpoint(checkpoints, after, [process])
         time.sleep(rng.uniform(0.0, 0.2))
@@ -140,7 +138,7 @@ def test_runs_stopped_by_sigterm_and_killed_by_sigkill_resume_to_the_same_end(tm
             assert "stopped by SIGTERM after step" in log.read_text()
         else:
             assert process.returncode == -signal.SIGKILL
-    result = launch(*run_args(tmp_path, data_dir))
+    result = launch(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Resumed from the checkpoint at step" in result.stderr
     assert_same_run(final(tmp_path), reference, atol=0)

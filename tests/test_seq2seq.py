@@ -149,5 +149,5 @@ def test_bfloat16_computes_in_bfloat16_with_float32_parameters_and_gradients():
     reference = np.asarray(apply(params, src, tgt))
     error = np.abs(np.asarray(jax.jit(bf16.apply)(params, src, tgt), np.float32) - reference).max()
     assert 1e-4 < error < 0.05 * np.abs(reference).max()  # bfloat16 rounding: present, and small
-    grads = jax.grad(lambda p: jnp.mean(bf16.apply(p, src, tgt).astype(jnp.float32) ** 2))(params)
+    grads = jax.jit(jax.grad(lambda p: jnp.mean(bf16.apply(p, src, tgt).astype(jnp.float32) ** 2)))(params)
     assert {x.dtype for x in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}

@@ -135,7 +135,8 @@ LOSS_CURVE = [(4.010782, 4.743943, 0), (3.551208, 4.250946, 2), (3.173442, 3.838
               (2.627312, 3.215509, 8), (2.380105, 2.918432, 9), (2.197315, 2.683334, 9), (2.307538, 2.815220, 12)]
 
 
-def test_fixed_seed_loss_curve_is_unchanged_by_speed_work():
+def test_fixed_seed_loss_curve_is_unchanged_by_speed_work(monkeypatch):
+    monkeypatch.delenv("XLA_FLAGS")  # which turns oneDNN off for the other tests (conftest)
     block = BlockConfig(d_model=32, num_heads=4, d_ff=64, dropout_rate=0.1, pre_ln=True)
     model = Seq2Seq(Seq2SeqConfig(64, block, 2, 2, max_len=32, bos_id=BOS))
     config = toy_config(len(LOSS_CURVE))
@@ -154,7 +155,9 @@ def test_fixed_seed_loss_curve_is_unchanged_by_speed_work():
         assert int(sums["correct"]) == expected[2]
 
 
-def test_train_step_hands_its_dots_to_onednn_on_x86_cpus_only(mesh, monkeypatch):
+def test_train_step_hands_its_dots_to_onednn_on_x86_cpus_unless_xla_flags_say_otherwise(mesh, monkeypatch):
+    assert onednn.compiler_options() is None  # XLA_FLAGS=--xla_cpu_use_onednn=false (conftest)
+    monkeypatch.delenv("XLA_FLAGS")
     task, config = ReverseTask(dropout_rate=0.0), toy_config(1)
     tx, _, abstract, init = loop.build_state(task, config, mesh)
     step = loop.compile_train_step(task, config, mesh, tx, abstract)
@@ -231,8 +234,13 @@ def test_micro_batches_accumulate_to_the_gradient_of_the_whole_batch(micro_batch
     tx = optax.sgd(1.0)  # the update is minus the gradient itself
     state = TrainState.create(task.init_params(jax.random.key(0)), tx)
     batch = task.train_batches()[0]
-    step = functools.partial(train_step, state, batch, jax.random.key(1), loss_fn=task.loss_fn, tx=tx, unit="tokens")
-    (whole, whole_sums), (sliced, sliced_sums) = step(), step(micro_batches=micro_batches)
+
+    def step(micro_batches=1):
+        compiled = jax.jit(functools.partial(train_step, loss_fn=task.loss_fn, tx=tx, unit="tokens",
+                                             micro_batches=micro_batches))
+        return compiled(state, batch, jax.random.key(1))
+
+    (whole, whole_sums), (sliced, sliced_sums) = step(), step(micro_batches)
     for a, b, before in zip(jax.tree.leaves(whole.params), jax.tree.leaves(sliced.params),
                             jax.tree.leaves(state.params)):
         np.testing.assert_allclose(a - before, b - before, rtol=1e-4, atol=1e-7)

@@ -208,11 +208,11 @@ def _at(tree, path):
 
 
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
+def digits_run(tmp_path_factory, tfds_dir):
     """A 30-step smoke run of experiments/vit_digits.py (enough for its answers to differ
     from image to image): (workdir, launch arguments)."""
-    workdir, data_dir = tmp_path_factory.mktemp("run"), tmp_path_factory.mktemp("tfds")
-    args = ["--config=experiments/vit_digits.py:smoke", f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
+    workdir = tmp_path_factory.mktemp("run")
+    args = ["--config=experiments/vit_digits.py:smoke", f"--workdir={workdir}", f"--config.data.data_dir={tfds_dir}",
             "--config.total_steps=30", "--config.eval_every_steps=15", "--config.checkpoint_every_steps=15"]
     result = launch(*args)
     assert result.returncode == 0, result.stderr[-3000:]
