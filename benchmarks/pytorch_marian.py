@@ -1,7 +1,8 @@
 """Reference: the default translation model's train step in PyTorch (`transformers.MarianMTModel`).
 
   .venv-torch/bin/python benchmarks/pytorch_marian.py [--config=experiments/translate_bible.py]
-      [--steps=20] [--nofixed] [--noreal] [--float32_matmul_precision=highest|medium] [--config.KEY=VALUE ...]
+      [--steps=20] [--nofixed] [--noreal] [--float32_matmul_precision=highest|medium] [--autocast]
+      [--config.KEY=VALUE ...]
 
 Optional, and not a project dependency: it runs from a separate venv with PyTorch,
 transformers and the project itself, e.g.
@@ -16,9 +17,10 @@ scaled by √d_model, sinusoidal positions (sin and cos in halves, not interleav
 Marian is post-LN (our default is pre-LN with a final LayerNorm per stack) and adds a zero
 `final_logits_bias` buffer to the logits. Same loss (label smoothing over the V - 1 other
 tokens, padding ignored) and optimizer (Adam with the 'transformer' schedule), float32
-(torch's default; `--float32_matmul_precision=medium` computes matmuls from bfloat16 inputs,
-as our train step does on x86 CPUs), on all CPU cores. Two measurements, each after 2
-warm-up steps on a fresh model:
+(torch's default; `--float32_matmul_precision=medium` computes matmuls from bfloat16
+inputs, as our train step does on x86 CPUs; `--autocast` runs forward and loss under
+`torch.autocast` in bfloat16, PyTorch's own mixed precision for CPUs), on all CPU cores.
+Two measurements, each after 2 warm-up steps on a fresh model:
 
   fixed: median seconds per train step (forward, loss, backward, Adam step) on one random
     batch of 64 rows x 32 tokens per side, without padding: `benchmarks/train_step.py`'s
@@ -58,6 +60,7 @@ flags.DEFINE_bool("real", True, "Time the first --steps training batches of the 
 flags.DEFINE_enum("float32_matmul_precision", "highest", ["highest", "medium"],
                   "torch.set_float32_matmul_precision: 'medium' computes float32 matmuls from bfloat16 "
                   "inputs, as this project's train step does on x86 CPUs by default.")
+flags.DEFINE_bool("autocast", False, "Forward and loss under torch.autocast('cpu', dtype=torch.bfloat16).")
 FLAGS = flags.FLAGS
 WARMUP_STEPS = 2
 
@@ -89,10 +92,11 @@ class Trainer:
     def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
         decoder_inputs = F.pad(targets[:, :-1], (1, 0), value=self.bos_id)
         # The causal mask alone keeps real target positions off the trailing padding.
-        logits = self.model(input_ids=inputs, attention_mask=(inputs > 0).long(),
-                            decoder_input_ids=decoder_inputs).logits
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=0,
-                               label_smoothing=self.smoothing)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=FLAGS.autocast):
+            logits = self.model(input_ids=inputs, attention_mask=(inputs > 0).long(),
+                                decoder_input_ids=decoder_inputs).logits
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=0,
+                                   label_smoothing=self.smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -138,7 +142,7 @@ def main(_):
     config = FLAGS.config.copy_and_resolve_references()
     print(f"Marian (post-LN; the config has pre_ln={config.model.pre_ln}), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32 matmul precision "
-          f"{FLAGS.float32_matmul_precision}", flush=True)
+          f"{FLAGS.float32_matmul_precision}{', bfloat16 autocast' if FLAGS.autocast else ''}", flush=True)
     if FLAGS.fixed:
         print(f"pytorch fixed 64x32: {time_fixed(config, FLAGS.steps):.3f} s/step", flush=True)
     if FLAGS.real:

@@ -4,28 +4,31 @@ cores' matmul figure, and whether the input pipeline keeps up with the step.
   python benchmarks/train_step.py [--config=experiments/translate_bible.py] [--rows=64] [--length=32] \
       [--steps=5] [--data_steps=40] [--variant='name:model.d_ff=1024,...' ...] [--config.KEY=VALUE ...]
 
-As in launch.py, float32 dots take bfloat16 inputs on x86 CPUs (`onednn.use_bfloat16_dots`;
-JAX_DEFAULT_MATMUL_PRECISION=highest keeps float32). First the figure the step is compared
-with: a dense 2048 x 2048 matmul through XLA, compiled as the step is
-(`onednn.jit`), in float32 and in bfloat16. Then, per variant (config
+As in launch.py, float32 dots take bfloat16 inputs on x86 CPUs
+(`onednn.use_bfloat16_dots`; JAX_DEFAULT_MATMUL_PRECISION=highest keeps float32). First
+the figure the step is compared with: a dense 2048 x 2048 matmul through XLA, compiled as
+the step is (`onednn.jit`), in float32 and in bfloat16. Then, per variant (config
 overrides; by default the config as it is), the training loop's own step
 (`loop.compile_train_step`) on a fixed batch of `--rows` x `--length` tokens per side:
-median seconds per step, FLOPs of the compiled step (XLA's cost analysis), FLOP/s and their
-share of the float32 matmul figure. With `--data_steps` N > 0, the first variant then trains
-N steps on the corpus's own batches, read as the loop reads them (`loop.read_ahead`: a
-thread prepares the next batch while the step runs), and the same N batches already on the
-device: the first time over the second is what the input pipeline costs (goal: at most
-1.05). Beside it: the time to produce one batch on the host, and the non-padding
-source+target tokens per second (the figure `benchmarks/pytorch_marian.py` gives for
-PyTorch).
+median seconds per step, FLOPs of the compiled step (XLA's cost analysis), FLOP/s and
+their share of the float32 matmul figure; then the step's dots alone, as plain matmuls of
+the same sizes (`dots_alone`): their share is the most the whole step could reach. With
+`--data_steps` N > 0, the first variant then trains N steps on the corpus's own batches,
+read as the loop reads them (`loop.read_ahead`: a thread prepares the next batch while the
+step runs), and the same N batches already on the device: the first time over the second
+is what the input pipeline costs (goal: at most 1.05). Beside it: the time to produce one
+batch on the host, and the non-padding source+target tokens per second (the figure
+`benchmarks/pytorch_marian.py` gives for PyTorch).
 """
 
 import functools
+import math
 import statistics
 import tempfile
 import time
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
@@ -64,7 +67,7 @@ def run_steps(step, state, batches, rng):
 
 
 def fixed_batch(step, state, task, mesh, rng):
-    """(state, median seconds per step, FLOPs per step) on a fixed random batch."""
+    """(state, median seconds per step, FLOPs per step, the batch) on a fixed random batch."""
     tokens = np.random.default_rng(0).integers(4, task.tokenizer.vocab_size, (2, FLAGS.rows, FLAGS.length))
     batch = partitioning.to_global({"inputs": tokens[0].astype(np.int32), "targets": tokens[1].astype(np.int32)}, mesh)
     state, _, flops = run_steps(step, state, [batch], rng)  # compiles
@@ -72,7 +75,50 @@ def fixed_batch(step, state, task, mesh, rng):
     for _ in range(FLAGS.steps):
         state, seconds, _ = run_steps(step, state, [batch], rng)
         times.append(seconds)
-    return state, statistics.median(times), flops
+    return state, statistics.median(times), flops, batch
+
+
+def _dot_equations(jaxpr):
+    """The dot_general equations of a jaxpr and of the jaxprs inside it, a scan's once per iteration."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            yield eqn
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                    sub = sub.jaxpr
+                if isinstance(sub, jax.extend.core.Jaxpr):
+                    yield from list(_dot_equations(sub)) * eqn.params.get("length", 1)
+
+
+def _as_matmul(eqn) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """Operand shapes of a dot_general as a batched row-major matmul: (B, M, K) and (B, K, N)."""
+    lhs, rhs = (var.aval.shape for var in eqn.invars)
+    (lhs_contract, _), (lhs_batch, _) = eqn.params["dimension_numbers"]
+    batch, k = math.prod(lhs[d] for d in lhs_batch), math.prod(lhs[d] for d in lhs_contract)
+    return (batch, math.prod(lhs) // (batch * k), k), (batch, k, math.prod(rhs) // (batch * k))
+
+
+def dots_alone(step, state, batch, rng) -> tuple[int, float, float]:
+    """(number, median seconds, XLA-counted FLOPs) of the step's dots alone, each as a plain
+    row-major matmul of its sizes (no transposes to feed it), all in one program compiled as
+    the step is: how fast the step could be if nothing but its dots took time."""
+    dots = list(_dot_equations(step.jitted.trace(state, batch, rng).jaxpr.jaxpr))
+    shapes = [shape for eqn in dots for shape in _as_matmul(eqn)]
+    keys = jax.random.split(jax.random.key(0), len(shapes))
+    operands = [jax.random.normal(key, shape) for key, shape in zip(keys, shapes)]
+
+    def program(operands):
+        return [jnp.matmul(*operands[i:i + 2]) for i in range(0, len(operands), 2)]
+
+    compiled = onednn.jit(program).lower(operands).compile()
+    jax.block_until_ready(compiled(operands))
+    times = []
+    for _ in range(FLAGS.steps):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(operands))
+        times.append(time.perf_counter() - start)
+    return len(dots), statistics.median(times), throughput.compiled_flops(compiled)
 
 
 def real_data(step, state, task, mesh, rng, count: int) -> str:
@@ -118,11 +164,15 @@ def main(_):
             tx, _, abstract, init = loop.build_state(task, config, mesh)
             step = loop.compile_train_step(task, config, mesh, tx, abstract)
             rng = jax.random.key(0)
-            state, seconds, flops = fixed_batch(step, init(), task, mesh, rng)
+            state, seconds, flops, batch = fixed_batch(step, init(), task, mesh, rng)
             first = first or seconds
             print(f"{name}: {seconds:.3f} s/step on {FLAGS.rows}x{FLAGS.length} ({seconds / first:.2f}x the first), "
                   f"{flops:.3g} FLOP/step, {flops / seconds / 1e9:,.0f} GFLOP/s = {flops / seconds / f32:.0%} of "
                   "the float32 matmul", flush=True)
+            count, dot_seconds, dot_flops = dots_alone(step, state, batch, rng)
+            print(f"{name}'s {count} dots alone, as plain matmuls in one program: {dot_seconds:.3f} s "
+                  f"({dot_seconds / seconds:.0%} of the step), {dot_flops:.3g} FLOP, {dot_flops / dot_seconds / 1e9:,.0f} "
+                  f"GFLOP/s = {dot_flops / dot_seconds / f32:.0%} of the float32 matmul", flush=True)
             if n == 0 and FLAGS.data_steps:
                 print(real_data(step, state, task, mesh, rng, FLAGS.data_steps), flush=True)
 

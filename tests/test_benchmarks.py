@@ -8,14 +8,19 @@ import pytest
 from conftest import run_benchmark as run, smoke_args
 
 
-def test_train_step_benchmark_reports_flops_matmul_share_and_the_input_pipeline(tfds_dir):
+def test_train_step_benchmark_reports_flops_matmul_share_the_dots_alone_and_the_input_pipeline(tfds_dir):
     result = run("train_step.py", "--config=experiments/translate_bible.py:smoke", f"--config.data.data_dir={tfds_dir}",
                  "--rows=8", "--length=16", "--steps=1", "--data_steps=2", "--variant=wide:model.d_ff=128")
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in result.stdout.splitlines() if not line.startswith(("Downloading", "Dataset"))]
     assert lines[0].startswith("matmul 2048x2048 through XLA: float32 ")
     assert lines[1].startswith("wide: ") and "(1.00x the first)" in lines[1] and "of the float32 matmul" in lines[1]
-    assert lines[2].startswith("real data, 2 steps: ") and "non-padding source+target tokens/s" in lines[2]
+    step_flops = float(re.search(r"([0-9.e+]+) FLOP/step", lines[1]).group(1))
+    dots = re.fullmatch(r"wide's (\d+) dots alone, as plain matmuls in one program: .* s \(\d+% of the step\), "
+                        r"([0-9.e+]+) FLOP, .* GFLOP/s = \d+% of the float32 matmul", lines[2])
+    assert dots and int(dots.group(1)) > 0, lines[2]
+    assert 0.5 * step_flops < float(dots.group(2)) < step_flops  # most of a step's FLOPs, not all
+    assert lines[3].startswith("real data, 2 steps: ") and "non-padding source+target tokens/s" in lines[3]
 
 
 def test_decode_benchmark_times_searches_with_and_without_the_cache(trained):

@@ -37,16 +37,23 @@ def compiled_flops(compiled, num_devices: int = 1) -> float:
 
 class CompiledPerShape:
     """A jitted step compiled ahead of time once per batch shape; each call also returns
-    the step's FLOPs on all devices, as XLA's cost analysis counts them."""
+    the step's FLOPs on all devices, as XLA's cost analysis counts them. XLA counts a loop's
+    body once: for a step that loops over slices of its batch, `counted` is a jitted step
+    that computes the same without the loop, whose FLOPs (lowered, not compiled) are
+    returned instead."""
 
-    def __init__(self, jitted, num_devices: int):
-        self.jitted, self.num_devices, self.compiled = jitted, num_devices, {}
+    def __init__(self, jitted, num_devices: int, counted=None):
+        self.jitted, self.num_devices, self.counted, self.compiled = jitted, num_devices, counted, {}
 
     def __call__(self, state, batch, rng):
         shape = tuple((key, x.shape) for key, x in sorted(batch.items()))
         if shape not in self.compiled:
             compiled = self.jitted.lower(state, batch, rng).compile()
-            self.compiled[shape] = compiled, compiled_flops(compiled, self.num_devices)
+            if self.counted is None:
+                flops = compiled_flops(compiled, self.num_devices)
+            else:  # the whole program: its FLOPs on all devices together
+                flops = float(self.counted.lower(state, batch, rng).cost_analysis().get("flops", 0.0))
+            self.compiled[shape] = compiled, flops
         compiled, flops = self.compiled[shape]
         return *compiled(state, batch, rng), flops
 
