@@ -23,7 +23,7 @@ from sklearn.svm import SVC
 
 from ml_transformer.data import digit_captions as dc
 from ml_transformer.tasks import make_task
-from ml_transformer.train import loop, partitioning
+from ml_transformer.train import partitioning, restore
 
 config_flags.DEFINE_config_file("config", "experiments/dalle_digits.py", "The run's experiment config.")
 flags.DEFINE_string("workdir", None, "Workdir of a trained text-to-image run.", required=True)
@@ -48,7 +48,7 @@ def main(_):
     config = FLAGS.config
     mesh = partitioning.mesh_from_config(config)
     task = make_task(config, FLAGS.workdir, mesh)
-    restored = loop.restore_params(task, config, FLAGS.workdir, mesh, FLAGS.checkpoint)
+    restored = restore.restore_params(task, config, FLAGS.workdir, mesh, FLAGS.checkpoint)
     real = {split: task.data.images(split) for split in ("train", "test")}
     as_images = lambda tokens: np.stack([dc.image_from_tokens(t) for t in tokens])  # noqa: E731
     svc = SVC().fit(flat(as_images(real["train"][0])) * 255.0, real["train"][1])

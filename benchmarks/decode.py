@@ -40,7 +40,7 @@ from ml_transformer.data.tokenizer import EOS_ID
 from ml_transformer.tasks import language_model
 from ml_transformer.tasks.generation import left_padded, sample_tokens
 from ml_transformer.tasks.translation import TranslationTask
-from ml_transformer.train import loop, partitioning
+from ml_transformer.train import partitioning, restore
 
 config_flags.DEFINE_config_file("config", "experiments/translate_bible.py", "The run's experiment config.")
 flags.DEFINE_string("workdir", None, "Workdir of a trained translation run.")
@@ -104,7 +104,7 @@ def main(_):
                  f"(got config.task={config.task!r})")
     mesh = partitioning.mesh_from_config(config)
     task = TranslationTask(config, FLAGS.workdir, mesh)
-    restored = loop.restore_params(task, config, FLAGS.workdir, mesh)
+    restored = restore.restore_params(task, config, FLAGS.workdir, mesh)
     sources = task.encoded(FLAGS.split)[0]
     sources = sources[: FLAGS.count or len(sources)]
     print(f"step {restored.step}, {FLAGS.split}: {len(sources)} sentences, {jax.device_count()} device(s)", flush=True)

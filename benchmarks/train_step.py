@@ -37,6 +37,7 @@ from ml_collections import config_flags
 from ml_transformer import host_memory, onednn
 from ml_transformer.tasks.translation import TranslationTask
 from ml_transformer.train import loop, partitioning, throughput
+from ml_transformer.train.state import build_state
 
 config_flags.DEFINE_config_file("config", "experiments/translate_bible.py", "Experiment config.")
 flags.DEFINE_integer("rows", 64, "Rows of the fixed benchmark batch.")
@@ -161,7 +162,7 @@ def main(_):
         mesh = partitioning.mesh_from_config(config)
         with tempfile.TemporaryDirectory() as workdir:
             task = TranslationTask(config, workdir, mesh)
-            tx, _, abstract, init = loop.build_state(task, config, mesh)
+            tx, _, abstract, init = build_state(task, config, mesh)
             step = loop.compile_train_step(task, config, mesh, tx, abstract)
             rng = jax.random.key(0)
             state, seconds, flops, batch = fixed_batch(step, init(), task, mesh, rng)

@@ -16,7 +16,7 @@ from jax.experimental import multihost_utils
 
 from ml_transformer import config_checks, evaluate, interop, workdir as workdirs
 from ml_transformer.tasks import make_task
-from ml_transformer.train import loop, partitioning
+from ml_transformer.train import loop, partitioning, restore
 
 MODES = ("train", "eval", "predict", "attention", "export")
 COMPILATION_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "ml_transformer", "xla")
@@ -63,30 +63,30 @@ def run(config, workdir: str, mode: str = "train", *, checkpoint: str = "latest"
         if mode == "train":
             state = loop.train(task, config, workdir, mesh, profile)
             step = int(state.step)
-            report(task, loop.Restored(step, state.params, str(step)), workdir, config.final_split)
+            report(task, restore.Restored(step, state.params, str(step)), workdir, config.final_split)
         elif mode == "eval" and checkpoint == "all":
             results = {}
-            for which in loop.saved_checkpoints(config, workdir):
-                restored = loop.restore_params(task, config, workdir, mesh, which)
+            for which in restore.saved_checkpoints(config, workdir):
+                restored = restore.restore_params(task, config, workdir, mesh, which)
                 results[which] = {"step": restored.step, **report(task, restored, workdir, split)}
             if lead:
                 path = evaluate.write_table(workdir, evaluate.result_name(config, split, "all"), results)
                 print(f"\n{pathlib.Path(path).read_text(encoding='utf-8')}\nwrote {path}")
         elif mode == "eval":
-            report(task, loop.restore_params(task, config, workdir, mesh, checkpoint), workdir, split)
+            report(task, restore.restore_params(task, config, workdir, mesh, checkpoint), workdir, split)
         elif mode == "export":
-            restored = loop.restore_params(task, config, workdir, mesh, checkpoint)
+            restored = restore.restore_params(task, config, workdir, mesh, checkpoint)
             if lead:
                 interop.export(config, restored.params, workdir, output)
                 print(f"wrote {output}")
         elif mode == "predict":
-            restored = loop.restore_params(task, config, workdir, mesh, checkpoint)
+            restored = restore.restore_params(task, config, workdir, mesh, checkpoint)
             task.choose_decoding(restored.params, restored.name, workdir)
             answers = task.predict(restored.params, inputs.lines, inputs.numbers)
             if lead:
                 print("".join(f"{answer}\n" for answer in inputs.place(answers)), end="", flush=True)
         else:
-            restored = loop.restore_params(task, config, workdir, mesh, checkpoint)
+            restored = restore.restore_params(task, config, workdir, mesh, checkpoint)
             task.choose_decoding(restored.params, restored.name, workdir)
             out_dir = os.path.join(workdir, "attention", restored.name)
             for path in task.attention(restored.params, inputs.lines, inputs.numbers, layer, head, out_dir):
@@ -113,7 +113,7 @@ def _held(workdir: str, write: bool):
         yield
 
 
-def report(task, restored: loop.Restored, workdir: str, split: str) -> dict:
+def report(task, restored: restore.Restored, workdir: str, split: str) -> dict:
     """Full evaluation of a split: prints a summary, then writes
     eval/<result name>.{json,tsv} (`evaluate.result_name`)."""
     task.choose_decoding(restored.params, restored.name, workdir)

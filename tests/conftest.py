@@ -164,7 +164,7 @@ def single_example_predictions(config, args: list[str], lines: list[str]) -> lis
     (`--workdir=` and `--config.KEY=VALUE` overrides of `config`)."""
     from ml_transformer.tasks import make_task
     from ml_transformer.tasks.classification import probabilities
-    from ml_transformer.train import loop, partitioning
+    from ml_transformer.train import partitioning, restore
 
     workdir = next(a.split("=", 1)[1] for a in args if a.startswith("--workdir="))
     for arg in args:
@@ -177,7 +177,7 @@ def single_example_predictions(config, args: list[str], lines: list[str]) -> lis
             node[field] = type(node[field])(value) if node[field] is not None else value
     mesh = partitioning.make_mesh(devices=jax.devices()[:1])
     task = make_task(config, workdir, mesh)
-    params = loop.restore_params(task, config, workdir, mesh).params
+    params = restore.restore_params(task, config, workdir, mesh).params
     forward = jax.jit(lambda x: probabilities(task.model.apply({"params": params}, x)))
     answers = []
     for x in task.data.encode(lines):

@@ -14,7 +14,7 @@ from conftest import experiment_config
 from ml_transformer import decode
 from ml_transformer.data import pipeline
 from ml_transformer.tasks.translation import TranslationTask
-from ml_transformer.train import loop, partitioning
+from ml_transformer.train import partitioning, restore
 
 V = 5
 PAD, BOS, EOS = 0, 1, 2
@@ -374,7 +374,7 @@ def test_beam_search_finds_more_likely_translations_than_greedy(trained):
     config.data.data_dir, config.batch_size = str(data_dir), 8
     mesh = partitioning.make_mesh(devices=jax.devices()[:1])
     task = TranslationTask(config, str(workdir), mesh)
-    params = loop.restore_params(task, config, str(workdir), mesh).params
+    params = restore.restore_params(task, config, str(workdir), mesh).params
     sources = task.encoded("validation")[0][:48]
     width = max(map(len, sources))
     inputs = jnp.asarray([np.pad(s, (0, width - len(s))) for s in sources])

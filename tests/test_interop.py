@@ -23,7 +23,7 @@ from safetensors.numpy import load_file
 from ml_transformer import interop
 from ml_transformer.interop import bert, folder, tensors
 from ml_transformer.models import text_classifier
-from ml_transformer.train import loop
+from ml_transformer.train import restore
 
 BERT = os.path.join(HF_FIXTURES, "bert")
 
@@ -159,7 +159,7 @@ def test_init_from_fine_tunes_a_checkpoint_that_eval_refuses_for_lack_of_the_hea
     _, _, shapes = classifier_for(str(pretrained))  # what --mode=eval --checkpoint=hf:... restores
     abstract = tensors.nested({k: jax.ShapeDtypeStruct(v, jnp.float32) for k, v in shapes.items()})
     with pytest.raises(ValueError) as failure:
-        loop.pretrained_params(str(pretrained), abstract, None)
+        restore.pretrained_params(str(pretrained), abstract, None)
     assert str(failure.value) == (f"hf:{pretrained}: has no head/bias, head/kernel for this model "
                                   f"(to train them: --config.init_from=hf:{pretrained})")
 

@@ -22,10 +22,10 @@ from ml_transformer.models.seq2seq import Seq2Seq, Seq2SeqConfig
 from ml_transformer.nn.blocks import BlockConfig
 from ml_transformer.tasks.base import Task
 from ml_transformer.tasks.translation import seq2seq_loss, translate
-from ml_transformer.train import loop, partitioning
+from ml_transformer.train import loop, partitioning, restore
 from ml_transformer.train.losses import token_metrics
 from ml_transformer.train.schedules import make_schedule, transformer_schedule
-from ml_transformer.train.state import TrainState, make_optimizer
+from ml_transformer.train.state import TrainState, build_state, make_optimizer
 from ml_transformer.train.steps import train_step
 
 BOS, EOS, VOCAB = 2, 3, 16
@@ -159,7 +159,7 @@ def test_train_step_hands_its_dots_to_onednn_on_x86_cpus_unless_xla_flags_say_ot
     assert onednn.compiler_options() is None  # XLA_FLAGS=--xla_cpu_use_onednn=false (conftest)
     monkeypatch.delenv("XLA_FLAGS")
     task, config = ReverseTask(dropout_rate=0.0), toy_config(1)
-    tx, _, abstract, init = loop.build_state(task, config, mesh)
+    tx, _, abstract, init = build_state(task, config, mesh)
     step = loop.compile_train_step(task, config, mesh, tx, abstract)
     step(init(), partitioning.to_global(task.train_batches()[0], mesh), jax.random.key(0))
     (compiled, _), = step.compiled.values()
@@ -211,21 +211,21 @@ def test_best_checkpoint_is_kept_apart_and_averages_are_means(tmp_path, mesh):
     config.eval_every_steps = config.checkpoint_every_steps = 2
     config.best_metric = "loss"  # |step - 4|: lower is better, so step 4 is best
     loop.train(task, config, workdir, mesh)
-    assert loop.saved_checkpoints(config, workdir) == ["6", "8", "best"]  # keep_checkpoints=2
-    best = loop.restore_params(task, config, workdir, mesh, "best")
+    assert restore.saved_checkpoints(config, workdir) == ["6", "8", "best"]  # keep_checkpoints=2
+    best = restore.restore_params(task, config, workdir, mesh, "best")
     assert (best.step, best.name) == (4, "4")
-    six, eight = (loop.restore_params(task, config, workdir, mesh, step).params for step in ("6", "8"))
-    average = loop.restore_params(task, config, workdir, mesh, "avg:2")
+    six, eight = (restore.restore_params(task, config, workdir, mesh, step).params for step in ("6", "8"))
+    average = restore.restore_params(task, config, workdir, mesh, "avg:2")
     assert (average.step, average.name) == (8, "avg2-8")
     for mean, a, b in zip(jax.tree.leaves(average.params), jax.tree.leaves(six), jax.tree.leaves(eight)):
         np.testing.assert_allclose(mean, (a + b) / 2, rtol=1e-6)
     assert not np.allclose(jax.tree.leaves(six)[0], jax.tree.leaves(eight)[0])
     for which in ("avg:3", "avg:0", "avg:x", "5"):
         with pytest.raises(ValueError, match=f"--checkpoint={which}"):
-            loop.restore_params(task, config, workdir, mesh, which)
+            restore.restore_params(task, config, workdir, mesh, which)
     config.total_steps = 10  # resuming keeps the best found so far
     loop.train(task, config, workdir, mesh)
-    assert loop.restore_params(task, config, workdir, mesh, "best").step == 4
+    assert restore.restore_params(task, config, workdir, mesh, "best").step == 4
 
 
 @pytest.mark.parametrize("micro_batches", [2, 3])
@@ -258,7 +258,7 @@ def test_accumulating_micro_batches_counts_the_flops_of_the_whole_batch(mesh):
     for micro_batches in (1, 2):
         config = toy_config(1)
         config.micro_batches = micro_batches
-        tx, _, abstract, init = loop.build_state(task, config, mesh)
+        tx, _, abstract, init = build_state(task, config, mesh)
         *_, flops[micro_batches] = loop.compile_train_step(task, config, mesh, tx, abstract)(init(), batch,
                                                                                               jax.random.key(0))
     assert flops[2] == pytest.approx(flops[1], rel=0.05)  # lowered and compiled counts differ a little
@@ -292,7 +292,7 @@ def test_a_non_finite_loss_stops_at_its_step_and_leaves_the_checkpoints_before_i
         loop.train(task, config, str(tmp_path), mesh)
     bad = int(re.search(r"at step (\d+)", str(failure.value)).group(1))
     assert 1 < bad < 50
-    restored = loop.restore_params(task, config, str(tmp_path), mesh)
+    restored = restore.restore_params(task, config, str(tmp_path), mesh)
     assert restored.step == bad - 1
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored.params))
 

@@ -20,7 +20,8 @@ from ml_transformer import attention_maps
 from ml_transformer.models import vit
 from ml_transformer.nn.embeddings import PatchEmbedding
 from ml_transformer.tasks.classification import ClassificationTask
-from ml_transformer.train import loop, partitioning
+from ml_transformer.train import partitioning, restore
+from ml_transformer.train.state import build_state
 
 
 def tiny_vit(**kwargs):
@@ -281,7 +282,7 @@ def test_a_checkpoint_restores_at_another_resolution(digits_run):
             return model.init(rng, jnp.zeros((1, 12, 12, 1)))["params"]
 
     mesh = partitioning.make_mesh()
-    step, params, _ = loop.restore_params(Larger(), config, str(workdir), mesh)
+    step, params, _ = restore.restore_params(Larger(), config, str(workdir), mesh)
     assert step == 30
     posemb = params[vit.POSITION_EMBEDDING]
     assert posemb.shape == (1, 1 + 36, config.model.d_model)
@@ -293,7 +294,7 @@ def test_a_checkpoint_restores_at_another_resolution(digits_run):
                 rng, jnp.zeros((1, 8, 8, 1)))["params"]
 
     with pytest.raises(ValueError, match=r"feed_forward.*checkpoint shape \(\d+,\), model shape"):
-        loop.restore_params(Wider(), config, str(workdir), mesh)
+        restore.restore_params(Wider(), config, str(workdir), mesh)
 
 
 @pytest.mark.parametrize("name", ["vit_mnist", "vit_cifar10", "vit_imagenet"])
@@ -304,7 +305,7 @@ def test_catalog_experiments_build_data_model_and_optimizer_on_mock_data(name):
         with tfds.testing.mock_data(num_examples=40):
             task = ClassificationTask(config, "unused", mesh)
             batch = task.train_batches()[0] if arg == "smoke" else None
-        _, _, abstract, _ = loop.build_state(task, config, mesh)
+        _, _, abstract, _ = build_state(task, config, mesh)
         shape = task.data.input_spec[0]
         logits = jax.eval_shape(lambda p, x: task.model.apply({"params": p}, x), abstract.params,
                                 jax.ShapeDtypeStruct((2, *shape), jnp.float32))

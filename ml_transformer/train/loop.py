@@ -9,41 +9,26 @@ import contextlib
 import functools
 import os
 import signal
-from typing import Any, Iterator, NamedTuple
+from typing import Iterator
 
 import grain
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
 from ml_transformer import interop, onednn
-from ml_transformer.train import partitioning, throughput
-from ml_transformer.train.checkpoints import BEST, BestCheckpoint, Checkpoints, fit_params
+from ml_transformer.train import partitioning, restore, throughput
+from ml_transformer.train.checkpoints import BestCheckpoint, Checkpoints, fit_params
 from ml_transformer.train.losses import summarize
 from ml_transformer.train.metric_writers import MetricWriter, Progress
-from ml_transformer.train.schedules import make_schedule
-from ml_transformer.train.state import TrainState, make_optimizer
+from ml_transformer.train.state import TrainState, build_state
 from ml_transformer.train.steps import train_step
 from ml_transformer.workdir import save_config
 
 
 class NonFiniteLoss(RuntimeError):
     pass
-
-
-def build_state(task, config, mesh):
-    """(optimizer, abstract state with shardings, a function making the initial state)."""
-    schedule = make_schedule(config)
-    tx = make_optimizer(config, schedule)
-    create = lambda rng: TrainState.create(task.init_params(rng), tx)  # noqa: E731
-    init_rng = jax.random.fold_in(jax.random.key(config.seed), 0)
-    shapes = jax.eval_shape(create, init_rng)
-    shardings = partitioning.state_shardings(shapes, mesh)
-    init = jax.jit(create, out_shardings=shardings)
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
-    return tx, schedule, abstract, functools.partial(init, init_rng)
 
 
 def compile_train_step(task, config, mesh, tx, abstract) -> throughput.CompiledPerShape:
@@ -64,111 +49,6 @@ def read_ahead(task, start: int, mesh) -> Iterator[dict]:
     return (partitioning.to_global(batch, mesh) for batch in batches)
 
 
-class Restored(NamedTuple):
-    step: int
-    params: Any
-    name: str  # names the checkpoint in result files: the step, or e.g. 'avg5-2400'
-
-
-def _rolling(config, workdir: str, write: bool = False) -> Checkpoints:
-    return Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints, write=write)
-
-
-def _best_directory(workdir: str) -> str:
-    return os.path.join(workdir, "checkpoints", BEST)
-
-
-@contextlib.contextmanager
-def _opened(config, workdir: str, best: bool = False):
-    """The rolling checkpoints of a workdir, or its best checkpoint."""
-    checkpoints = Checkpoints(_best_directory(workdir), keep=1) if best else _rolling(config, workdir)
-    try:
-        yield checkpoints
-    finally:
-        checkpoints.close()
-
-
-def saved_checkpoints(config, workdir: str) -> list[str]:
-    """The `--checkpoint` values of every saved checkpoint: its steps, and 'best'."""
-    with _opened(config, workdir) as rolling, _opened(config, workdir, best=True) as best:
-        return [str(step) for step in sorted(rolling.steps())] + ([BEST] if best.latest_step() is not None else [])
-
-
-def restore_params(task, config, workdir: str, mesh, which: str = "latest") -> Restored:
-    """Parameters of a saved checkpoint for evaluation and prediction. `which`: 'latest',
-    a step, 'best' (best on `config.best_metric` at an evaluation) or 'avg:N' (the mean of
-    the last N checkpoints' parameters). Parameters saved with other shapes are fitted by
-    the task's `resize_param` (e.g. ViT position embeddings at another image resolution);
-    ValueError if they cannot be. 'hf:PATH' reads a Hugging Face checkpoint folder, which
-    must hold every parameter."""
-    _, _, abstract, _ = build_state(task, config, mesh)
-    pretrained = interop.hf_path(which)
-    if pretrained:
-        name = "hf-" + os.path.basename(os.path.normpath(pretrained))  # names its result files
-        return Restored(0, pretrained_params(pretrained, abstract.params, None), name)
-    resize = task.resize_param
-    if which == BEST:
-        with _opened(config, workdir, best=True) as best:
-            step = best.latest_step()
-            if step is None:
-                raise ValueError(f"--checkpoint=best: no best checkpoint in {workdir} (saved at evaluations)")
-            return Restored(step, _restore(best, step, abstract, mesh, resize), str(step))
-    with _opened(config, workdir) as checkpoints:
-        if which.startswith("avg:"):
-            return _average(checkpoints, which, abstract, mesh, resize)
-        step = checkpoints.resolve(which)
-        return Restored(step, _restore(checkpoints, step, abstract, mesh, resize), str(step))
-
-
-def _restore(checkpoints: Checkpoints, step: int, abstract, mesh, resize):
-    saved = checkpoints.saved_layout(step, partitioning.replicated(mesh))
-    if _shapes(saved["params"]) == _shapes(abstract.params):
-        return checkpoints.restore(step, abstract)[0].params
-    state, _ = checkpoints.restore(step, saved)
-    return fit_params(state["params"], abstract.params, resize)
-
-
-def _average(checkpoints: Checkpoints, which: str, abstract, mesh, resize) -> Restored:
-    count = which.partition(":")[2]
-    steps = sorted(checkpoints.steps())
-    if not count.isdigit() or not 1 <= int(count) <= len(steps):
-        raise ValueError(f"--checkpoint={which}: N must be 1..{len(steps)}, the number of kept checkpoints")
-    chosen = steps[-int(count):]
-    total = None
-    for step in chosen:
-        params = _restore(checkpoints, step, abstract, mesh, resize)
-        total = params if total is None else jax.tree.map(jnp.add, total, params)
-    mean = jax.tree.map(lambda x: x / len(chosen), total)
-    logging.info("Averaged the parameters of steps %s", chosen)
-    return Restored(chosen[-1], mean, f"avg{len(chosen)}-{chosen[-1]}")
-
-
-def pretrained_params(path: str, abstract_params, fresh_params):
-    """Our parameters (sharded as `abstract_params`) from the checkpoint folder `path`; those
-    it lacks are taken from `fresh_params` (or, if None, refused: ValueError). Prints what
-    was loaded, newly initialized and left out."""
-    checkpoint = interop.open_checkpoint(path)
-    flat_abstract = interop.tensors.flat(abstract_params)
-    loaded, left_out = interop.load_params(checkpoint, {k: v.shape for k, v in flat_abstract.items()})
-    new = sorted(set(flat_abstract) - set(loaded))
-    if new and fresh_params is None:
-        raise ValueError(f"{checkpoint.source}: has no {', '.join(new)} for this model "
-                         f"(to train them: --config.init_from={checkpoint.source})")
-    if jax.process_index() == 0:
-        values = sum(v.size for v in loaded.values())
-        print(f"{checkpoint.source}: loaded {len(loaded)} parameters ({values:,} values) of a "
-              f"{checkpoint.architecture}; newly initialized: {', '.join(new) or 'none'}; "
-              f"left out: {', '.join(left_out) or 'none'}", flush=True)
-    fresh = interop.tensors.flat(fresh_params) if new else {}
-    params = {name: jax.make_array_from_callback(x.shape, x.sharding, lambda index, v=loaded[name]: v[index])
-              if name in loaded else fresh[name] for name, x in flat_abstract.items()}
-    return interop.tensors.nested(params)
-
-
-def _shapes(tree) -> list:
-    return [(path, tuple(x.shape)) for path, x in jax.tree_util.tree_leaves_with_path(tree)]
-
-
 class Preempted(Exception):
     """Training stopped on SIGTERM after saving a checkpoint; the next start resumes."""
 
@@ -179,14 +59,14 @@ def train(task, config, workdir: str, mesh, profile_steps: tuple[int, int] | Non
     at the end of the current step and raises Preempted; a failed save raises
     CheckpointError at once; `profile_steps` (A, B) writes a JAX profiler trace of steps A..B-1 to `DIR/profile`."""
     tx, schedule, abstract, init = build_state(task, config, mesh)
-    checkpoints = _rolling(config, workdir, write=True)
-    best = BestCheckpoint(_best_directory(workdir), config.best_metric)
+    checkpoints = restore.rolling(config, workdir, write=True)
+    best = BestCheckpoint(restore.best_directory(workdir), config.best_metric)
     state, start = _resume(checkpoints, abstract)
     if state is None:
         state, start = init(), 0
         pretrained = interop.hf_path(config.get("init_from"))
         if pretrained:
-            state = state.replace(params=pretrained_params(pretrained, abstract.params, state.params))
+            state = state.replace(params=restore.pretrained_params(pretrained, abstract.params, state.params))
     if jax.process_index() == 0:  # only now: a refused resume leaves config.json as it was
         save_config(workdir, config)
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))

@@ -1,12 +1,17 @@
-"""The training state: a pytree of step, parameters and optimizer state."""
+"""The training state (a pytree of step, parameters and optimizer state), its optimizer,
+and how it is built and sharded over a mesh."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax
 import jax
 import optax
+
+from ml_transformer.train import partitioning
+from ml_transformer.train.schedules import make_schedule
 
 
 @flax.struct.dataclass
@@ -32,3 +37,17 @@ def make_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransforma
     if opt.grad_clip_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
     return tx
+
+
+def build_state(task, config, mesh):
+    """(optimizer, its schedule, the abstract state with its shardings over `mesh`, a
+    function making the initial state)."""
+    schedule = make_schedule(config)
+    tx = make_optimizer(config, schedule)
+    create = lambda rng: TrainState.create(task.init_params(rng), tx)  # noqa: E731
+    init_rng = jax.random.fold_in(jax.random.key(config.seed), 0)
+    shapes = jax.eval_shape(create, init_rng)
+    shardings = partitioning.state_shardings(shapes, mesh)
+    init = jax.jit(create, out_shardings=shardings)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
+    return tx, schedule, abstract, functools.partial(init, init_rng)
