@@ -21,9 +21,10 @@ from absl import app, flags
 from ml_collections import config_flags
 from sklearn.svm import SVC
 
+from ml_transformer import sharding
 from ml_transformer.data import digit_captions as dc
 from ml_transformer.tasks import make_task
-from ml_transformer.train import partitioning, restore
+from ml_transformer.train import restore
 
 config_flags.DEFINE_config_file("config", "experiments/dalle_digits.py", "The run's experiment config.")
 flags.DEFINE_string("workdir", None, "Workdir of a trained text-to-image run.", required=True)
@@ -46,7 +47,7 @@ def mean_pairwise_distance(images: np.ndarray) -> float:
 
 def main(_):
     config = FLAGS.config
-    mesh = partitioning.mesh_from_config(config)
+    mesh = sharding.mesh_from_config(config)
     task = make_task(config, FLAGS.workdir, mesh)
     restored = restore.restore_params(task, config, FLAGS.workdir, mesh, FLAGS.checkpoint)
     real = {split: task.data.images(split) for split in ("train", "test")}

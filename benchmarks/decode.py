@@ -35,12 +35,12 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from ml_transformer import host_memory, main as ml_transformer_main
+from ml_transformer import host_memory, main as ml_transformer_main, sharding
 from ml_transformer.data.tokenizer import EOS_ID
 from ml_transformer.tasks import language_model
 from ml_transformer.tasks.generation import left_padded, sample_tokens
 from ml_transformer.tasks.translation import TranslationTask
-from ml_transformer.train import partitioning, restore
+from ml_transformer.train import restore
 
 config_flags.DEFINE_config_file("config", "experiments/translate_bible.py", "The run's experiment config.")
 flags.DEFINE_string("workdir", None, "Workdir of a trained translation run.")
@@ -102,7 +102,7 @@ def main(_):
     if config.task != "translation" or not FLAGS.workdir:
         sys.exit("error: measures a translation run (--workdir=) or a language model's sampling "
                  f"(got config.task={config.task!r})")
-    mesh = partitioning.mesh_from_config(config)
+    mesh = sharding.mesh_from_config(config)
     task = TranslationTask(config, FLAGS.workdir, mesh)
     restored = restore.restore_params(task, config, FLAGS.workdir, mesh)
     sources = task.encoded(FLAGS.split)[0]

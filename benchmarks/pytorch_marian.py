@@ -50,8 +50,8 @@ except ModuleNotFoundError as e:
     sys.exit(f"error: {e.name} is not installed; this reference runs in a separate venv with torch and "
              "transformers (see the docstring of benchmarks/pytorch_marian.py)")
 
+from ml_transformer import sharding
 from ml_transformer.tasks.translation import TranslationTask
-from ml_transformer.train import partitioning
 
 config_flags.DEFINE_config_file("config", "experiments/translate_bible.py", "Experiment config.")
 flags.DEFINE_integer("steps", 20, "Timed steps per measurement.")
@@ -120,7 +120,7 @@ def time_fixed(config, steps: int) -> float:
 def time_real(config, steps: int) -> float:
     """Non-padding source + target tokens per second over the first `steps` training batches."""
     with tempfile.TemporaryDirectory() as workdir:  # the tokenizer's copy
-        task = TranslationTask(config, workdir, partitioning.make_mesh(devices=jax.devices()[:1]))
+        task = TranslationTask(config, workdir, sharding.make_mesh(devices=jax.devices()[:1]))
         batches = [task.train_batches()[i] for i in range(max(steps, WARMUP_STEPS))]
     trainer = Trainer(config, task.tokenizer.vocab_size, task.tokenizer.bos_id)
 

@@ -34,9 +34,9 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from ml_transformer import host_memory, onednn
+from ml_transformer import host_memory, onednn, sharding
 from ml_transformer.tasks.translation import TranslationTask
-from ml_transformer.train import loop, partitioning, throughput
+from ml_transformer.train import loop, throughput
 from ml_transformer.train.state import build_state
 
 config_flags.DEFINE_config_file("config", "experiments/translate_bible.py", "Experiment config.")
@@ -70,7 +70,7 @@ def run_steps(step, state, batches, rng):
 def fixed_batch(step, state, task, mesh, rng):
     """(state, median seconds per step, FLOPs per step, the batch) on a fixed random batch."""
     tokens = np.random.default_rng(0).integers(4, task.tokenizer.vocab_size, (2, FLAGS.rows, FLAGS.length))
-    batch = partitioning.to_global({"inputs": tokens[0].astype(np.int32), "targets": tokens[1].astype(np.int32)}, mesh)
+    batch = sharding.to_global({"inputs": tokens[0].astype(np.int32), "targets": tokens[1].astype(np.int32)}, mesh)
     state, _, flops = run_steps(step, state, [batch], rng)  # compiles
     times = []
     for _ in range(FLAGS.steps):
@@ -130,7 +130,7 @@ def real_data(step, state, task, mesh, rng, count: int) -> str:
         start = time.perf_counter()
         host.append(dataset[i])
         host_seconds.append(time.perf_counter() - start)
-    held = [partitioning.to_global(batch, mesh) for batch in host]
+    held = [sharding.to_global(batch, mesh) for batch in host]
     shapes = {batch["inputs"].shape: batch for batch in held}
     state, _, _ = run_steps(step, state, shapes.values(), rng)  # compiles each shape once
     timings = {"read": [], "held": []}
@@ -159,7 +159,7 @@ def main(_):
     for n, variant in enumerate(FLAGS.variant):
         name, _, overrides = variant.partition(":")
         config = with_overrides(FLAGS.config, overrides)
-        mesh = partitioning.mesh_from_config(config)
+        mesh = sharding.mesh_from_config(config)
         with tempfile.TemporaryDirectory() as workdir:
             task = TranslationTask(config, workdir, mesh)
             tx, _, abstract, init = build_state(task, config, mesh)

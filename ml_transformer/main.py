@@ -14,9 +14,9 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ml_transformer import config_checks, evaluate, interop, workdir as workdirs
+from ml_transformer import config_checks, evaluate, interop, sharding, workdir as workdirs
 from ml_transformer.tasks import make_task
-from ml_transformer.train import loop, partitioning, restore
+from ml_transformer.train import loop, restore
 
 MODES = ("train", "eval", "predict", "attention", "export")
 COMPILATION_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "ml_transformer", "xla")
@@ -54,10 +54,10 @@ def run(config, workdir: str, mode: str = "train", *, checkpoint: str = "latest"
         interop.apply_to_config(config, interop.open_checkpoint(pretrained))
     profile = _step_range(profile_steps)
     inputs = read_inputs(input_path) if mode in ("predict", "attention") else None
-    mesh = partitioning.mesh_from_config(config)
+    mesh = sharding.mesh_from_config(config)
     workdirs.create(workdir)
     with _held(workdir, mode == "train"):
-        with partitioning.process_0_first("data and tokenizer"):
+        with sharding.process_0_first("data and tokenizer"):
             task = make_task(config, workdir, mesh)
         lead = jax.process_index() == 0  # the one process that writes files and prints
         if mode == "train":

@@ -162,9 +162,10 @@ def single_example_predictions(config, args: list[str], lines: list[str]) -> lis
     """The classifier's (label, probability) for each line, each from a forward pass of
     that example alone, with the latest checkpoint of the run launched with `args`
     (`--workdir=` and `--config.KEY=VALUE` overrides of `config`)."""
+    from ml_transformer import sharding
     from ml_transformer.tasks import make_task
     from ml_transformer.tasks.classification import probabilities
-    from ml_transformer.train import partitioning, restore
+    from ml_transformer.train import restore
 
     workdir = next(a.split("=", 1)[1] for a in args if a.startswith("--workdir="))
     for arg in args:
@@ -175,7 +176,7 @@ def single_example_predictions(config, args: list[str], lines: list[str]) -> lis
             for parent in parents:
                 node = node[parent]
             node[field] = type(node[field])(value) if node[field] is not None else value
-    mesh = partitioning.make_mesh(devices=jax.devices()[:1])
+    mesh = sharding.make_mesh(devices=jax.devices()[:1])
     task = make_task(config, workdir, mesh)
     params = restore.restore_params(task, config, workdir, mesh).params
     forward = jax.jit(lambda x: probabilities(task.model.apply({"params": params}, x)))

@@ -12,9 +12,9 @@ import tensorflow_datasets as tfds
 
 from conftest import assert_process_shares_make_the_batch, experiment_config
 
+from ml_transformer import sharding
 from ml_transformer.data import bible, pipeline, tokenizer
 from ml_transformer.tasks.translation import TranslationTask
-from ml_transformer.train import partitioning
 
 TOTAL_VERSES = 31_102
 
@@ -297,7 +297,7 @@ def test_translation_batches_are_padded_to_the_configured_length_multiple(traine
     workdir, data_dir, _ = trained
     config = experiment_config('translate_bible', 'smoke')
     config.data.data_dir, config.data.max_len, config.data.length_multiple = str(data_dir), 32, 8
-    task = TranslationTask(config, str(workdir), partitioning.make_mesh(devices=jax.devices()[:1]))
+    task = TranslationTask(config, str(workdir), sharding.make_mesh(devices=jax.devices()[:1]))
     assert task.train_batches().batch_sizes == {8: 64, 16: 32, 24: 21, 32: 16}  # 512 tokens per side
 
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from conftest import experiment_config
-from ml_transformer import decode
+from ml_transformer import decode, sharding
 from ml_transformer.data import pipeline
 from ml_transformer.tasks.translation import TranslationTask
-from ml_transformer.train import partitioning, restore
+from ml_transformer.train import restore
 
 V = 5
 PAD, BOS, EOS = 0, 1, 2
@@ -372,7 +372,7 @@ def test_beam_search_finds_more_likely_translations_than_greedy(trained):
     workdir, data_dir, _ = trained
     config = experiment_config("translate_bible", "smoke")
     config.data.data_dir, config.batch_size = str(data_dir), 8
-    mesh = partitioning.make_mesh(devices=jax.devices()[:1])
+    mesh = sharding.make_mesh(devices=jax.devices()[:1])
     task = TranslationTask(config, str(workdir), mesh)
     params = restore.restore_params(task, config, str(workdir), mesh).params
     sources = task.encoded("validation")[0][:48]

@@ -15,14 +15,14 @@ import numpy as np
 import optax
 import pytest
 
-from ml_transformer import onednn
+from ml_transformer import onednn, sharding
 from ml_transformer.data.pipeline import TrainBatches
 from ml_transformer.decode import beam_search
 from ml_transformer.models.seq2seq import Seq2Seq, Seq2SeqConfig
 from ml_transformer.nn.blocks import BlockConfig
 from ml_transformer.tasks.base import Task
 from ml_transformer.tasks.translation import seq2seq_loss, translate
-from ml_transformer.train import loop, partitioning, restore
+from ml_transformer.train import loop, restore
 from ml_transformer.train.losses import token_metrics
 from ml_transformer.train.schedules import make_schedule, transformer_schedule
 from ml_transformer.train.state import TrainState, build_state, make_optimizer
@@ -79,7 +79,7 @@ def toy_config(total_steps, **optimizer):
 
 @pytest.fixture(scope="module")
 def mesh():
-    return partitioning.make_mesh()
+    return sharding.make_mesh()
 
 
 def test_schedule_matches_paper_formula():
@@ -161,7 +161,7 @@ def test_train_step_hands_its_dots_to_onednn_on_x86_cpus_unless_xla_flags_say_ot
     task, config = ReverseTask(dropout_rate=0.0), toy_config(1)
     tx, _, abstract, init = build_state(task, config, mesh)
     step = loop.compile_train_step(task, config, mesh, tx, abstract)
-    step(init(), partitioning.to_global(task.train_batches()[0], mesh), jax.random.key(0))
+    step(init(), sharding.to_global(task.train_batches()[0], mesh), jax.random.key(0))
     (compiled, _), = step.compiled.values()
     x86 = platform.machine().lower() in ("x86_64", "amd64")
     assert ("onednn" in compiled.as_text()) == x86
@@ -253,7 +253,7 @@ def test_micro_batches_accumulate_to_the_gradient_of_the_whole_batch(micro_batch
 def test_accumulating_micro_batches_counts_the_flops_of_the_whole_batch(mesh):
     """XLA counts a loop's body once: without care, MFU would drop by the number of micro-batches."""
     task = ReverseTask(dropout_rate=0.0)
-    batch = partitioning.to_global(task.train_batches()[0], mesh)
+    batch = sharding.to_global(task.train_batches()[0], mesh)
     flops = {}
     for micro_batches in (1, 2):
         config = toy_config(1)
@@ -351,8 +351,8 @@ def test_batches_on_one_cpu_device_run_side_by_side_and_come_back_in_order():
         barrier.wait()
         return 2 * x
 
-    mesh = partitioning.make_mesh(devices=jax.devices()[:1])
-    assert partitioning.map_batches(doubled, range(3 * cores), mesh) == [2 * x for x in range(3 * cores)]
+    mesh = sharding.make_mesh(devices=jax.devices()[:1])
+    assert sharding.map_batches(doubled, range(3 * cores), mesh) == [2 * x for x in range(3 * cores)]
 
 
 def test_map_batches_compiles_each_shape_once_ahead_while_earlier_batches_run():
@@ -373,12 +373,12 @@ def test_map_batches_compiles_each_shape_once_ahead_while_earlier_batches_run():
             assert last_compiled.wait(timeout=60)
         return batch.size
 
-    mesh = partitioning.make_mesh(devices=jax.devices()[:1])
-    assert partitioning.map_batches(run, batches, mesh, compile=compile) == [b.size for b in batches]
+    mesh = sharding.make_mesh(devices=jax.devices()[:1])
+    assert sharding.map_batches(run, batches, mesh, compile=compile) == [b.size for b in batches]
     assert compiled == [(2, 3), (2, 5), (1, 5)]
 
     def failed(batch):
         raise ValueError(f"cannot compile {batch.shape}")
 
     with pytest.raises(ValueError, match=r"cannot compile \(2, 3\)"):
-        partitioning.map_batches(run, batches, mesh, compile=failed)
+        sharding.map_batches(run, batches, mesh, compile=failed)

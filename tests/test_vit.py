@@ -16,11 +16,11 @@ from conftest import (assert_predictions_in_order, distinct_predictions, experim
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from ml_transformer import attention_maps
+from ml_transformer import attention_maps, sharding
 from ml_transformer.models import vit
 from ml_transformer.nn.embeddings import PatchEmbedding
 from ml_transformer.tasks.classification import ClassificationTask
-from ml_transformer.train import partitioning, restore
+from ml_transformer.train import restore
 from ml_transformer.train.state import build_state
 
 
@@ -281,7 +281,7 @@ def test_a_checkpoint_restores_at_another_resolution(digits_run):
         def init_params(self, rng):
             return model.init(rng, jnp.zeros((1, 12, 12, 1)))["params"]
 
-    mesh = partitioning.make_mesh()
+    mesh = sharding.make_mesh()
     step, params, _ = restore.restore_params(Larger(), config, str(workdir), mesh)
     assert step == 30
     posemb = params[vit.POSITION_EMBEDDING]
@@ -299,7 +299,7 @@ def test_a_checkpoint_restores_at_another_resolution(digits_run):
 
 @pytest.mark.parametrize("name", ["vit_mnist", "vit_cifar10", "vit_imagenet"])
 def test_catalog_experiments_build_data_model_and_optimizer_on_mock_data(name):
-    mesh = partitioning.make_mesh()
+    mesh = sharding.make_mesh()
     for arg in (None, "smoke"):
         config = experiment_config(name, arg)
         with tfds.testing.mock_data(num_examples=40):

@@ -20,10 +20,9 @@ import pytest
 import sacrebleu
 from conftest import DECODING, ROOT, STEPS, experiment_config, launch, launch_command, smoke_args
 
-from ml_transformer import evaluate, sweep, workdir as workdirs
+from ml_transformer import evaluate, sharding, sweep, workdir as workdirs
 from ml_transformer.data import pipeline, tokenizer
 from ml_transformer.tasks.translation import TranslationTask
-from ml_transformer.train import partitioning
 from ml_transformer.train.checkpoints import Checkpoints
 
 
@@ -245,7 +244,7 @@ def test_bleu_is_sacrebleu_of_the_tsv_each_hypothesis_beside_its_source(tfds_dir
     config = experiment_config("translate_bible", "smoke")
     config.data.data_dir, config.data.pair, config.decode.final_examples = str(tfds_dir), "en-ko", 300
     config.decode.alpha = 0.6  # fixed: no search over it
-    task = TranslationTask(config, str(tmp_path), partitioning.make_mesh(devices=jax.devices()[:1]))
+    task = TranslationTask(config, str(tmp_path), sharding.make_mesh(devices=jax.devices()[:1]))
     tokenize = "char"
     assert (config.data.character_coverage, config.decode.bleu_tokenize) == (0.9995, tokenize)
     sources, targets = task.encoded("test")

@@ -21,9 +21,9 @@ from collections.abc import Mapping, Sequence
 import grain
 import numpy as np
 
+from ml_transformer import sharding
 from ml_transformer.data import digits
 from ml_transformer.data.images import epoch_order
-from ml_transformer.train import partitioning
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 PHRASINGS = ("a handwritten {word}", "the digit {digit}", "a drawing of the number {word}",
@@ -118,7 +118,7 @@ class CaptionedDigits:
 
     def train_batches(self, *, seed: int, batch_size: int, batch_multiple: int) -> grain.MapDataset:
         pixels, labels = self.images("train")
-        rows = partitioning.padded_rows(batch_size, batch_multiple)
+        rows = sharding.padded_rows(batch_size, batch_multiple)
 
         def batch(step: int) -> dict:
             epoch, index = divmod(step, len(labels) // rows)
@@ -129,13 +129,13 @@ class CaptionedDigits:
             sequences = np.stack([
                 sequence(EMPTY_CAPTION if drop else caption_ids(caption(labels[i], p)), pixels[i])
                 for i, p, drop in zip(ids, phrasing, dropped)])
-            return {k: partitioning.process_rows(v) for k, v in model_batch(sequences, np.ones(rows, bool)).items()}
+            return {k: sharding.process_rows(v) for k, v in model_batch(sequences, np.ones(rows, bool)).items()}
 
         return grain.MapDataset.range(sys.maxsize).map(batch)
 
     def eval_batches(self, split: str, *, batch_size: int, batch_multiple: int) -> grain.MapDataset:
         pixels, labels = self.images(split)
-        rows = partitioning.padded_rows(batch_size, batch_multiple)
+        rows = sharding.padded_rows(batch_size, batch_multiple)
 
         def batch(start: int) -> dict:
             ids = np.arange(start, start + rows)
@@ -143,7 +143,7 @@ class CaptionedDigits:
             ids = np.minimum(ids, len(labels) - 1)
             sequences = np.stack([sequence(caption_ids(caption(labels[i], i % len(PHRASINGS))), pixels[i])
                                   for i in ids])
-            return {k: partitioning.process_rows(v) for k, v in model_batch(sequences, valid).items()}
+            return {k: sharding.process_rows(v) for k, v in model_batch(sequences, valid).items()}
 
         return grain.MapDataset.range(0, len(labels), rows).map(batch)
 

@@ -45,9 +45,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from ml_transformer import sharding
 from ml_transformer.data import digits as digits_builder
 from ml_transformer.data.pipeline import _check_batch_size
-from ml_transformer.train import partitioning
 
 CATALOG_SPLITS = {
     "mnist": {"train": "train[:90%]", "validation": "train[90%:]", "test": "test"},
@@ -229,7 +229,7 @@ class ImageData:
         ids = epoch_order(len(examples), seed, epoch)[index * batch_size:(index + 1) * batch_size]
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(AUGMENT_STREAM, step)))
         row_seeds = rng.integers(2**63, size=batch_size)
-        rows = partitioning.process_rows(np.arange(batch_size))
+        rows = sharding.process_rows(np.arange(batch_size))
         partners = batch_size - 1 - rows  # of mixup: the global batch reversed, maybe another process's rows
         needed = np.union1d(rows, partners) if self.mixup_alpha > 0 else rows
         images, labels = examples.read(ids[needed])
@@ -250,7 +250,7 @@ class ImageData:
         return grain.MapDataset.range(num_batches).map(functools.partial(self._eval_batch, examples, batch_size))
 
     def _eval_batch(self, examples, batch_size: int, index: int) -> dict:
-        ids = partitioning.process_rows(np.arange(index * batch_size, (index + 1) * batch_size))
+        ids = sharding.process_rows(np.arange(index * batch_size, (index + 1) * batch_size))
         valid = ids < len(examples)
         inputs = np.zeros((len(ids), *self.image_shape), np.float32)
         labels = np.zeros(len(ids), np.int32)

@@ -3,7 +3,7 @@
 Examples are encoded once into int32 id arrays ending with EOS. Batches are dicts of
 int32 `[B, L]` arrays `inputs` and `targets`, padded with 0; B is always a multiple of
 `batch_multiple` (the number of data-parallel devices). Rows of zeros are empty rows.
-Each process gets its share of every batch's rows (`partitioning.process_rows`); the
+Each process gets its share of every batch's rows (`sharding.process_rows`); the
 length L is the whole batch's.
 """
 
@@ -17,7 +17,7 @@ from absl import logging
 import grain
 import numpy as np
 
-from ml_transformer.train import partitioning
+from ml_transformer import sharding
 
 # Evaluation batch lengths round up to multiples of this. At 32, translate_bible's 1,500 test
 # verses in batches of 32 make 4 shapes to compile where 16 made 6, for 16% more tokens.
@@ -148,7 +148,7 @@ class TrainBatches(grain.MapDataset):
         slots, order = self._cached_plan(epoch)
         batch = order[index]
         start = self._batch_start[batch]
-        ids = partitioning.process_rows(slots[start:start + self._batch_rows[batch]])
+        ids = sharding.process_rows(slots[start:start + self._batch_rows[batch]])
         length = int(self._batch_length[batch])
         return {'inputs': _pad_rows(self._inputs, ids, length),
                 'targets': _pad_rows(self._targets, ids, length)}
@@ -191,7 +191,7 @@ def _eval_batch(inputs, targets, rows: int, ids: Sequence[int]) -> dict:
     index[:len(ids)] = ids
     longest = max(max(len(inputs[i]), len(targets[i])) for i in ids)
     length = -(-longest // EVAL_LENGTH_MULTIPLE) * EVAL_LENGTH_MULTIPLE
-    index = partitioning.process_rows(index)
+    index = sharding.process_rows(index)
     return {'inputs': _pad_rows(inputs, index, length),
             'targets': _pad_rows(targets, index, length),
             'index': index, 'valid': index >= 0}
@@ -209,6 +209,6 @@ def eval_batches(inputs: Sequence[np.ndarray], targets: Sequence[np.ndarray], *,
     """
     _check_batch_size(batch_size, batch_multiple)
     order = np.argsort(-np.maximum(_lengths(inputs), _lengths(targets)), kind='stable')
-    rows = partitioning.padded_rows(min(batch_size, len(order)), batch_multiple)
+    rows = sharding.padded_rows(min(batch_size, len(order)), batch_multiple)
     return grain.MapDataset.source(order).batch(
         batch_size, batch_fn=functools.partial(_eval_batch, inputs, targets, rows))

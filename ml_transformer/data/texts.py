@@ -25,11 +25,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from ml_transformer import interop
+from ml_transformer import interop, sharding
 from ml_transformer.data import bible
 from ml_transformer.data.pipeline import TrainBatches, decode_text
 from ml_transformer.data.tokenizer import Tokenizer, cached_tokenizer
-from ml_transformer.train import partitioning
 
 SPLITS = ("train", "validation", "test")
 BIBLE_PAIR = "en-fr"
@@ -143,7 +142,7 @@ class TextClassification:
         process's rows of batches of `batch_size` rounded up to a multiple of
         `batch_multiple`; the last batch is completed with padding rows (valid False)."""
         ids, _, labels = self.encoded(split)
-        rows = partitioning.padded_rows(batch_size, batch_multiple)
+        rows = sharding.padded_rows(batch_size, batch_multiple)
 
         def batch(start: int) -> dict:
             count = min(rows, len(ids) - start)
@@ -151,7 +150,7 @@ class TextClassification:
                    "valid": np.arange(rows) < count}
             out["inputs"][:count] = ids[start:start + count]
             out["labels"][:count] = labels[start:start + count]
-            return {k: partitioning.process_rows(v) for k, v in out.items()}
+            return {k: sharding.process_rows(v) for k, v in out.items()}
 
         return grain.MapDataset.range(0, len(ids), rows).map(batch)
 

@@ -12,7 +12,7 @@ A dataset factory `make(config, workdir) -> ClassificationData` returns an objec
   eval_batches(split, *, batch_size, batch_multiple) -> iterable of {'inputs', 'labels'
       int32 [B], 'valid' bool [B]}, every example of the split once, in order, B a
       multiple of batch_multiple (padding rows have valid=False)
-  Batches hold this process's rows (`partitioning.process_rows`) of the global batch.
+  Batches hold this process's rows (`sharding.process_rows`) of the global batch.
   encode(raw: list) -> inputs [N, ...]: raw texts (or image files) → model inputs, for
       predict and attention
   tokenizer (text datasets only): shows the tokens on attention pictures
@@ -31,11 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ml_transformer import attention_maps
+from ml_transformer import attention_maps, sharding
 from ml_transformer.models import vit
 from ml_transformer.registry import resolve
 from ml_transformer.tasks.base import Task, summed
-from ml_transformer.train import partitioning
 from ml_transformer.train.losses import summarize
 from ml_transformer.train.steps import eval_step
 
@@ -97,8 +96,8 @@ class ClassificationTask(Task):
         self.config, self.mesh = config, mesh
         self.data = resolve(DATASETS, config.data.name, "config.data.name")(config, workdir)
         self.model = resolve(MODELS, config.model.name, "config.model.name")(config.model, self.data.num_classes)
-        self.batch_multiple = partitioning.row_multiple(mesh, config.micro_batches)
-        self.eval_batch_size = partitioning.padded_rows(config.batch_size, self.batch_multiple)
+        self.batch_multiple = sharding.row_multiple(mesh, config.micro_batches)
+        self.eval_batch_size = sharding.padded_rows(config.batch_size, self.batch_multiple)
         self.resize_param = vit.resize_restored if isinstance(self.model, vit.ViT) else None
         self._eval_step = jax.jit(functools.partial(eval_step, loss_fn=self.loss_fn))
         self._predict = jax.jit(lambda params, inputs: probabilities(self.model.apply({"params": params}, inputs)))
@@ -132,11 +131,11 @@ class ClassificationTask(Task):
         """'label<TAB>probability' of the most likely class for each raw input (line
         `numbers[i]` of the input is `lines[i]`)."""
         inputs = self.data.encode(lines)
-        rows = partitioning.padded_rows(len(inputs), self.batch_multiple)
+        rows = sharding.padded_rows(len(inputs), self.batch_multiple)
         padded = np.zeros((rows, *inputs.shape[1:]), inputs.dtype)
         padded[: len(inputs)] = inputs
-        batch = partitioning.to_global({"inputs": partitioning.process_rows(padded)}, self.mesh)
-        probs = partitioning.all_rows(self._predict(params, batch["inputs"]))
+        batch = sharding.to_global({"inputs": sharding.process_rows(padded)}, self.mesh)
+        probs = sharding.all_rows(self._predict(params, batch["inputs"]))
         names = self.data.label_names
         return [f"{names[p.argmax()]}\t{p.max():.4f}" for p in probs[: len(inputs)]]
 
@@ -162,4 +161,4 @@ class ClassificationTask(Task):
         return paths
 
     def _global(self, batch: dict) -> dict:
-        return partitioning.to_global({k: batch[k] for k in ("inputs", "labels", "valid")}, self.mesh)
+        return sharding.to_global({k: batch[k] for k in ("inputs", "labels", "valid")}, self.mesh)

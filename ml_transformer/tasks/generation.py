@@ -9,9 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ml_transformer import decode
+from ml_transformer import decode, sharding
 from ml_transformer.models.decoder_only import DecoderOnly
-from ml_transformer.train import partitioning
 
 PROMPT_LENGTH_MULTIPLE = 16  # prompt batches are padded to a multiple of this: few compiled shapes
 
@@ -98,17 +97,17 @@ def sample_in_batches(sample, params, prompts: Sequence[np.ndarray], mesh, *, ba
     prompts, left-padded (`left_padded`'s `width` and `max_width`), each process holding
     its rows; `unconditional` (one prompt, e.g. the empty caption) serves every row for
     guidance. Rows draw with `row_keys(seed, ...)`: the same seed, the same samples.
-    Batches run side by side where that pays (`partitioning.map_batches`)."""
-    rows = partitioning.padded_rows(min(len(prompts), batch_size), batch_multiple)
+    Batches run side by side where that pays (`sharding.map_batches`)."""
+    rows = sharding.padded_rows(min(len(prompts), batch_size), batch_multiple)
 
     def sampled(start: int) -> np.ndarray:
         chunk = prompts[start:start + rows]
         batch = {"prompts": left_padded(chunk, rows, width, max_width)}
         if unconditional is not None:
             batch["unconditional"] = left_padded([unconditional] * rows, rows, batch["prompts"].shape[1])
-        batch = partitioning.to_global({k: partitioning.process_rows(v) for k, v in batch.items()}, mesh)
+        batch = sharding.to_global({k: sharding.process_rows(v) for k, v in batch.items()}, mesh)
         tokens = sample(params, batch.pop("prompts"), row_keys(seed, start, rows), **batch, **settings)
-        return partitioning.all_rows(tokens)[: len(chunk)]
+        return sharding.all_rows(tokens)[: len(chunk)]
 
-    return [row for block in partitioning.map_batches(sampled, range(0, len(prompts), rows), mesh)
+    return [row for block in sharding.map_batches(sampled, range(0, len(prompts), rows), mesh)
             for row in block]

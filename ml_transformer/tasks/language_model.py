@@ -19,16 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from ml_transformer import interop
+from ml_transformer import attention_maps, interop, sharding
 from ml_transformer.config_checks import set_fields
-from ml_transformer import attention_maps
 from ml_transformer.data import bible, pipeline
 from ml_transformer.data.tokenizer import cached_tokenizer
 from ml_transformer.models.decoder_only import DecoderOnly, DecoderOnlyConfig
 from ml_transformer.nn.blocks import BlockConfig
 from ml_transformer.tasks.base import Task, summed
 from ml_transformer.tasks.generation import sample_in_batches, sample_tokens
-from ml_transformer.train import partitioning
 from ml_transformer.train.losses import summarize, token_metrics
 from ml_transformer.train.steps import eval_step
 
@@ -96,8 +94,8 @@ class LanguageModelTask(Task):
         self.tokenizer = interop.pretrained_tokenizer(config) or cached_tokenizer(
             cache, workdir, d.vocab_size, lambda: self.verses("train"), bible.CHARACTER_COVERAGE[pair])
         self.model = decoder_only(config, self.tokenizer.vocab_size)
-        self.batch_multiple = partitioning.row_multiple(mesh, config.micro_batches)
-        self.eval_batch_size = partitioning.padded_rows(config.batch_size, self.batch_multiple)
+        self.batch_multiple = sharding.row_multiple(mesh, config.micro_batches)
+        self.eval_batch_size = sharding.padded_rows(config.batch_size, self.batch_multiple)
         self.max_prompt_tokens = config.model.max_len - config.decode.max_new_tokens
         if self.max_prompt_tokens < 1:
             raise ValueError(f"config.decode.max_new_tokens={config.decode.max_new_tokens}: leaves no room for a "
@@ -215,4 +213,4 @@ class LanguageModelTask(Task):
         return paths
 
     def _global(self, batch: dict) -> dict:
-        return partitioning.to_global({k: batch[k] for k in ("inputs", "labels", "characters")}, self.mesh)
+        return sharding.to_global({k: batch[k] for k in ("inputs", "labels", "characters")}, self.mesh)

@@ -19,12 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ml_transformer import sharding
 from ml_transformer.data import digit_captions as dc
 from ml_transformer.image_grid import write_grid
 from ml_transformer.tasks.base import Task, summed
 from ml_transformer.tasks.generation import sample_in_batches, sample_tokens
 from ml_transformer.tasks.language_model import decoder_only, draw_self_attention, next_token_loss
-from ml_transformer.train import partitioning
 from ml_transformer.train.losses import summarize
 from ml_transformer.train.steps import eval_step
 
@@ -43,8 +43,8 @@ class TextToImageTask(Task):
             raise ValueError(f"config.model.max_len={config.model.max_len}: a sequence needs {dc.SEQUENCE_LENGTH}")
         self.data = dc.captioned_digits(config.data.data_dir or None, config.data.caption_dropout)
         self.model = decoder_only(config, dc.VOCAB_SIZE)
-        self.batch_multiple = partitioning.row_multiple(mesh, config.micro_batches)
-        self.eval_batch_size = partitioning.padded_rows(config.batch_size, self.batch_multiple)
+        self.batch_multiple = sharding.row_multiple(mesh, config.micro_batches)
+        self.eval_batch_size = sharding.padded_rows(config.batch_size, self.batch_multiple)
         self._eval_step = jax.jit(functools.partial(eval_step, loss_fn=self.loss_fn))
         self._sample = jax.jit(functools.partial(sample_tokens, self.model, eos_id=dc.SEP_ID,
                                                  max_new_tokens=dc.IMAGE_TOKENS + 1,
@@ -114,7 +114,7 @@ class TextToImageTask(Task):
         return paths
 
     def _global(self, batch: dict) -> dict:
-        return partitioning.to_global({k: batch[k] for k in ("inputs", "labels")}, self.mesh)
+        return sharding.to_global({k: batch[k] for k in ("inputs", "labels")}, self.mesh)
 
 
 def _check_captions(lines: list[str], numbers: list[int]) -> None:

@@ -10,14 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from ml_transformer import attention_maps, decode, evaluate, sharding
 from ml_transformer.config_checks import set_fields
-from ml_transformer import attention_maps, decode, evaluate
 from ml_transformer.data import bible, pipeline
 from ml_transformer.data.tokenizer import Tokenizer, cached_tokenizer
 from ml_transformer.models.seq2seq import Seq2Seq, Seq2SeqConfig
 from ml_transformer.nn.blocks import BlockConfig
 from ml_transformer.tasks.base import Task, summed
-from ml_transformer.train import partitioning
 from ml_transformer.train.losses import summarize, token_metrics
 from ml_transformer.train.steps import eval_step
 from ml_transformer.workdir import read_json, save_json
@@ -149,8 +148,8 @@ class TranslationTask(Task):
         self.sources = builder.as_data_source()
         self.tokenizer = prepare_tokenizer(config, builder, workdir)
         self.model = Seq2Seq(model_config(config, self.tokenizer.vocab_size, self.tokenizer.bos_id))
-        self.batch_multiple = partitioning.row_multiple(mesh, config.micro_batches)
-        self.eval_batch_size = partitioning.padded_rows(config.batch_size, self.batch_multiple)
+        self.batch_multiple = sharding.row_multiple(mesh, config.micro_batches)
+        self.eval_batch_size = sharding.padded_rows(config.batch_size, self.batch_multiple)
         # Decoding runs to the padded source length + extra_len positions, within max_len.
         room = config.model.max_len - config.decode.extra_len
         self.max_source_tokens = room // pipeline.EVAL_LENGTH_MULTIPLE * pipeline.EVAL_LENGTH_MULTIPLE
@@ -211,7 +210,7 @@ class TranslationTask(Task):
                cached: bool = True) -> list[np.ndarray]:
         """Output ids (EOS included) for encoded sources, in order (`translate`; `alpha`
         defaults to the chosen one), batches decoded side by side where that pays and each
-        shape compiled ahead (`partitioning.map_batches`)."""
+        shape compiled ahead (`sharding.map_batches`)."""
         alpha = self.decoding[1] if alpha is None else alpha
 
         settings = {"alpha": jnp.float32(alpha), "beam_size": beam_size, "cached": cached}
@@ -221,13 +220,13 @@ class TranslationTask(Task):
 
         def decoded(batch):
             tokens = self._translate(params, self._global(batch)["inputs"], **settings)
-            return partitioning.all_rows(batch["index"]), partitioning.all_rows(tokens)
+            return sharding.all_rows(batch["index"]), sharding.all_rows(tokens)
 
         outputs = [np.zeros(0, np.int32)] * len(inputs)
         batches = pipeline.eval_batches(
             inputs, inputs, batch_size=self.eval_batch_size, batch_multiple=self.batch_multiple
         )
-        for index, tokens in partitioning.map_batches(decoded, batches, self.mesh, compile=compiled):
+        for index, tokens in sharding.map_batches(decoded, batches, self.mesh, compile=compiled):
             for i, row in zip(index, tokens):
                 if i >= 0:
                     outputs[i] = row[: np.count_nonzero(row)]
@@ -345,4 +344,4 @@ class TranslationTask(Task):
         return metrics, list(zip(sources, references, hypotheses))
 
     def _global(self, batch: dict) -> dict:
-        return partitioning.to_global({k: batch[k] for k in ("inputs", "targets")}, self.mesh)
+        return sharding.to_global({k: batch[k] for k in ("inputs", "targets")}, self.mesh)

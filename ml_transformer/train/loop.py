@@ -17,8 +17,8 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ml_transformer import interop, onednn
-from ml_transformer.train import partitioning, restore, throughput
+from ml_transformer import interop, onednn, sharding
+from ml_transformer.train import restore, throughput
 from ml_transformer.train.checkpoints import BestCheckpoint, Checkpoints, fit_params
 from ml_transformer.train.losses import summarize
 from ml_transformer.train.metric_writers import MetricWriter, Progress
@@ -34,7 +34,7 @@ class NonFiniteLoss(RuntimeError):
 def compile_train_step(task, config, mesh, tx, abstract) -> throughput.CompiledPerShape:
     """The train step over `mesh`, compiled once per batch shape; the state is donated."""
     shardings = jax.tree.map(lambda x: x.sharding, abstract)
-    repl, data = partitioning.replicated(mesh), partitioning.data_sharded(mesh)
+    repl, data = sharding.replicated(mesh), sharding.data_sharded(mesh)
     step = functools.partial(train_step, loss_fn=task.loss_fn, tx=tx, unit=task.unit)
     jitted = onednn.jit(functools.partial(step, micro_batches=config.micro_batches), devices=list(mesh.devices.flat),
                         in_shardings=(shardings, data, repl), out_shardings=(shardings, repl), donate_argnums=0)
@@ -46,7 +46,7 @@ def read_ahead(task, start: int, mesh) -> Iterator[dict]:
     """The global batches of steps `start`, `start + 1`, ...: a thread reads the next ones
     while the devices compute."""
     batches = task.train_batches()[start:].to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=4))
-    return (partitioning.to_global(batch, mesh) for batch in batches)
+    return (sharding.to_global(batch, mesh) for batch in batches)
 
 
 class Preempted(Exception):

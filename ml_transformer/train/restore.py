@@ -11,8 +11,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from ml_transformer import interop
-from ml_transformer.train import partitioning
+from ml_transformer import interop, sharding
 from ml_transformer.train.checkpoints import BEST, Checkpoints, fit_params
 from ml_transformer.train.state import build_state
 
@@ -76,7 +75,7 @@ def restore_params(task, config, workdir: str, mesh, which: str = "latest") -> R
 
 
 def _restore(checkpoints: Checkpoints, step: int, abstract, mesh, resize):
-    saved = checkpoints.saved_layout(step, partitioning.replicated(mesh))
+    saved = checkpoints.saved_layout(step, sharding.replicated(mesh))
     if _shapes(saved["params"]) == _shapes(abstract.params):
         return checkpoints.restore(step, abstract)[0].params
     state, _ = checkpoints.restore(step, saved)

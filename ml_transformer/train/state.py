@@ -10,7 +10,7 @@ import flax
 import jax
 import optax
 
-from ml_transformer.train import partitioning
+from ml_transformer import sharding
 from ml_transformer.train.schedules import make_schedule
 
 
@@ -47,7 +47,7 @@ def build_state(task, config, mesh):
     create = lambda rng: TrainState.create(task.init_params(rng), tx)  # noqa: E731
     init_rng = jax.random.fold_in(jax.random.key(config.seed), 0)
     shapes = jax.eval_shape(create, init_rng)
-    shardings = partitioning.state_shardings(shapes, mesh)
+    shardings = sharding.state_shardings(shapes, mesh)
     init = jax.jit(create, out_shardings=shardings)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
     return tx, schedule, abstract, functools.partial(init, init_rng)
